@@ -1,0 +1,3 @@
+from .defaults import add_ood_config
+
+__all__ = ["add_ood_config"]

@@ -1,0 +1,38 @@
+"""``add_ood_config(cfg)``: the ``MODEL.OOD`` subtree shared by both backends.
+
+The keys of each head and regularizer are declared next to the method itself (its
+``add_config`` classmethod), so that one method stays in one file; this function only gathers them.
+Works on a detectron2 ``CfgNode`` and on ours alike (both are fvcore/yacs ``CfgNode`` s).
+"""
+from __future__ import annotations
+
+
+def add_ood_config(cfg):
+    """Add ``MODEL.OOD`` (head, score, outliers, regularizers and their hyperparameters),
+    ``DATASETS.OOD_TEST`` and ``TEST.OOD`` to ``cfg`` in place and return it."""
+    from ..heads import HEADS
+    from ..regularizers import REGULARIZERS
+    from ..regularizers.vos import VirtualOutlierSynthesizer
+
+    CN = type(cfg)
+    cfg.MODEL.OOD = CN()
+    ood = cfg.MODEL.OOD
+    ood.HEAD = "softmax"  # softmax | isomax | isomaxplus | dismax | cfl
+    ood.SCORE = ""  # "" = the head's default score
+    ood.OUTLIERS = ""  # "" | "vos": where regularizers get outlier features from
+    ood.REGULARIZERS = []  # any of: vos, energy, greg, fpr
+    for cls in list(HEADS.values()) + list(REGULARIZERS.values()) + [VirtualOutlierSynthesizer]:
+        cls.add_config(ood)
+
+    if "OOD_TEST" not in cfg.DATASETS:
+        cfg.DATASETS.OOD_TEST = ()
+    cfg.TEST.OOD = CN()
+    # ID-val recall at which the unknown threshold is set (0.95 = FPR95's operating point)
+    cfg.TEST.OOD.TPR = 0.95
+    # dataset of held-out ID boxes used for thresholds / calibration ("" = first of DATASETS.TEST)
+    cfg.TEST.OOD.VAL_DATASET = ""
+    # box-confidence threshold before OOD scoring: "f1" = VOS protocol (per-class F1-optimal,
+    # averaged, on ID val) or a number
+    cfg.TEST.OOD.CONF_THRESH = "f1"
+    cfg.TEST.OOD.DUMP_SCORES = True
+    return cfg
