@@ -12,6 +12,7 @@ References:
 * ``entropic``: ``sum_j p_j log p_j`` (negative entropy), IsoMax, Macêdo et al., TNNLS 2021.
 * ``mds``: minimum-distance score = max logit of a distance head, IsoMax+, Macêdo & Ludermir 2021.
 * ``mmles``: max logit + mean logit + ``sum_j p_j log p_j``, DisMax, Macêdo et al. 2022.
+* ``mmls``: max logit + mean logit, DisMax, Macêdo et al. 2022.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 SCORES: Dict[str, ScoreFn] = {}
 
 #: every score name any head may report, in a fixed order (used to index stored thresholds)
-SCORE_NAMES = ("msp", "max_logit", "energy", "entropic", "mds", "mmles", "cfl")
+SCORE_NAMES = ("msp", "max_logit", "energy", "entropic", "mds", "mmles", "cfl", "mmls")
 
 
 def register(name: str) -> Callable[[ScoreFn], ScoreFn]:
@@ -70,6 +71,11 @@ def entropic(logits: torch.Tensor) -> torch.Tensor:
 @register("mmles")
 def mmles(logits: torch.Tensor) -> torch.Tensor:
     return logits.max(dim=-1).values + logits.mean(dim=-1) + _neg_entropy(logits)
+
+
+@register("mmls")
+def mmls(logits: torch.Tensor) -> torch.Tensor:
+    return logits.max(dim=-1).values + logits.mean(dim=-1)
 
 
 def compute(name: str, logits: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ class OODHead(nn.Module):
     """Base class of the OOD-aware box classification heads.
 
     Subclasses implement :meth:`forward` and :meth:`loss`; they may override
-    :meth:`confidence_logits`, :meth:`score_logits` and :meth:`ood_score`.
+    :meth:`confidence_logits`, :meth:`score_logits`, :meth:`ood_score` and :meth:`post_fit`.
 
     Args:
         in_features: D, the size of a ROI feature vector.
@@ -123,6 +123,33 @@ class OODHead(nn.Module):
                 f"supported: {', '.join(self.supported_scores)}"
             )
         return score_registry.compute(score, self.score_logits(logits).float())
+
+    # -------------------------------------------------------------- post-fit
+    @torch.no_grad()
+    def post_fit(
+        self,
+        logits: torch.Tensor,
+        labels: Optional[torch.Tensor],
+        features: Optional[torch.Tensor] = None,
+    ) -> Dict[str, float]:
+        """Fit post-training state on held-out **in-distribution** validation ROIs.
+
+        The engine calls this once after training, before it sets the unknown thresholds, with
+        the ROIs of the ID validation split (never OOD data). Heads that need it override it
+        (DisMax fits its temperature, CFL its score weights) and keep the result in buffers so it
+        travels with the checkpoint; the default does nothing. The engine stays method-agnostic:
+        it must recompute logits and scores *after* this call (they may change).
+
+        Args:
+            logits: ``[R, K + 1]`` from :meth:`forward` (background last).
+            labels: ``[R]`` in ``0 .. K`` (K = background), e.g. proposals labelled by the same
+                IoU matching as in training; may be None for heads that don't need it.
+            features: ``[R, D]`` the ROI features the logits came from, or None.
+
+        Returns:
+            a dict of plain python numbers describing what was fitted (for the log); ``{}`` here.
+        """
+        return {}
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, num_classes={self.num_classes}"
