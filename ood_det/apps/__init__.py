@@ -1,0 +1,1 @@
+"""Command-line applications built on the library (``ood-det-score``: :mod:`ood_det.apps.score`)."""

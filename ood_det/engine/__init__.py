@@ -1,0 +1,1 @@
+"""Shared training / evaluation engine (both backends): config loading, checkpoints, launch."""

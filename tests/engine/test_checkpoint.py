@@ -1,0 +1,113 @@
+"""ood_det.engine.checkpoint: round trip of model / optimizer / thresholds / regularizer state."""
+import pytest
+import torch
+
+from ood_det.config import load_config
+from ood_det.engine.build import build_model
+from ood_det.engine.checkpoint import (
+    last_checkpoint,
+    load_checkpoint,
+    make_checkpoint,
+    restore,
+    save_checkpoint,
+    save_model_state,
+)
+from ood_det.engine.datasets import get_train_dicts
+from ood_det.engine.train_loop import build_optimizer, build_scheduler
+from ood_det.scores import SCORE_NAMES
+from ood_det.tv.data import build_train_loader
+
+torch.set_num_threads(1)
+
+VOS = ["MODEL.OOD.HEAD", "softmax", "MODEL.OOD.SCORE", "energy", "MODEL.OOD.REGULARIZERS", "['vos', 'energy']",
+       "MODEL.OOD.OUTLIERS", "vos", "MODEL.OOD.VOS.START_ITER", "0", "MODEL.OOD.VOS.QUEUE_SIZE", "2",
+       "MODEL.OOD.VOS.NUM_SAMPLES", "100"]
+
+
+def _trained(cfg, steps=3):
+    torch.manual_seed(0)
+    model = build_model(cfg, ["square", "bar"])
+    opt = build_optimizer(cfg, model)
+    sched = build_scheduler(cfg, opt)
+    loader = iter(build_train_loader(get_train_dicts(cfg), 2, seed=0))
+    model.train()
+    for _ in range(steps):
+        b = next(loader)
+        loss = sum(model(b["images"], b["targets"]).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model, opt, sched
+
+
+def test_round_trip_with_thresholds_and_regularizer_state(tiny_cfg, tmp_path):
+    cfg = tiny_cfg
+    cfg.merge_from_list(VOS)
+    model, opt, sched = _trained(cfg)
+    model.classifier.set_threshold("energy", 1.25)
+    model.classifier.set_threshold("msp", 0.5)
+    path = save_checkpoint(make_checkpoint(model, cfg, 3, opt, sched), str(tmp_path / "ck" / "model_0000002.pth"))
+    assert last_checkpoint(str(tmp_path / "ck")) == path
+
+    # weights_only-loadable, plain python metadata
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert raw["ood_det"] == {"backend": "torchvision", "head": "softmax", "num_classes": 2,
+                              "class_names": ["square", "bar"], "score": "energy"}
+    assert raw["iteration"] == 3 and isinstance(raw["cfg"], str)
+
+    fresh = build_model(cfg, ["square", "bar"])
+    opt2 = build_optimizer(cfg, fresh)
+    sched2 = build_scheduler(cfg, opt2)
+    it = restore(load_checkpoint(path), fresh, opt2, sched2)
+    assert it == 3
+    a, b = model.state_dict(), fresh.state_dict()
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]) or (a[k].is_floating_point() and torch.allclose(a[k], b[k], equal_nan=True)), k
+    clf = fresh.classifier
+    assert clf.threshold("energy") == pytest.approx(1.25) and clf.threshold("msp") == pytest.approx(0.5)
+    assert clf.threshold("max_logit") is None
+    # the VOS queue and the energy margins survived
+    src = model.classifier.outlier_source
+    assert int(src.count.sum()) > 0 and torch.equal(clf.outlier_source.queue, src.queue)
+    assert torch.equal(clf.outlier_source.count, src.count)
+    assert int(clf.iteration) == 3
+    assert sched2.last_epoch == 3 and opt2.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
+
+
+def test_cfg_in_checkpoint_reloads(tiny_cfg, tmp_path):
+    cfg = tiny_cfg
+    model = build_model(cfg, ["square", "bar"])
+    path = save_checkpoint(make_checkpoint(model, cfg, 0), str(tmp_path / "m.pth"))
+    yaml_file = tmp_path / "cfg.yaml"
+    yaml_file.write_text(load_checkpoint(path)["cfg"])
+    again = load_config(str(yaml_file))
+    assert again.dump() == cfg.dump()
+
+
+def test_save_model_state_keeps_training_state(tiny_cfg, tmp_path):
+    cfg = tiny_cfg
+    model, opt, sched = _trained(cfg, steps=1)
+    path = save_checkpoint(make_checkpoint(model, cfg, 1, opt, sched), str(tmp_path / "model_final.pth"))
+    model.classifier.set_threshold("msp", 0.25)
+    save_model_state(model, cfg, path)
+    ck = load_checkpoint(path)
+    assert "optimizer" in ck and ck["iteration"] == 1
+    idx = SCORE_NAMES.index("msp")
+    assert float(ck["model"]["roi_heads.box_predictor.classifier.thresholds"][idx]) == 0.25
+
+
+def test_bad_checkpoint_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_checkpoint(str(tmp_path / "nope.pth"))
+    p = tmp_path / "x.pth"
+    torch.save({"weights": torch.zeros(1)}, p)
+    with pytest.raises(ValueError, match="not an ood_det checkpoint"):
+        load_checkpoint(str(p))
+    p.write_bytes(b"not a zip")
+    with pytest.raises(RuntimeError, match="cannot read checkpoint"):
+        load_checkpoint(str(p))
+    assert last_checkpoint(str(tmp_path)) is None
+    (tmp_path / "last_checkpoint").write_text("gone.pth")
+    assert last_checkpoint(str(tmp_path)) is None
