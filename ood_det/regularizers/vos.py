@@ -40,6 +40,8 @@ need float64.
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Dict, Optional
 
 import torch
@@ -193,9 +195,10 @@ class VirtualOutlierSynthesizer(nn.Module):
     def _accumulate(self, rows: torch.Tensor, incoming: torch.Tensor, outgoing: torch.Tensor) -> None:
         """Add ``incoming`` ``[n, D]`` and remove ``outgoing`` ``[n, D]`` (class ``rows``) from the
         running sums: ``O(n D^2)`` per step instead of ``O(K Q D^2)`` for a fresh covariance."""
-        a = torch.cat([incoming, outgoing]).float()
-        b = torch.cat([incoming, -outgoing]).float()
-        self.sum_xxt += (a.t() @ b).double()
+        # float64 increments: float32 ones accumulate rounding drift over thousands of updates
+        a = torch.cat([incoming, outgoing]).double()
+        b = torch.cat([incoming, -outgoing]).double()
+        self.sum_xxt += a.t() @ b
         self.sum_x.index_add_(0, rows, (incoming.double() - outgoing.double()))
 
     @torch.no_grad()
@@ -222,6 +225,23 @@ class VirtualOutlierSynthesizer(nn.Module):
         cov.diagonal().add_(self.cov_eps)
         # (the Cholesky factorisation reads the lower triangle only: no symmetrisation needed)
         chol, info = torch.linalg.cholesky_ex(cov)
+        # A rank-deficient queue (few features per class, early in training) or drift of the
+        # running sums can make the estimate indefinite: add jitter (10x COV_EPS per try, up to
+        # 1e5x) rather than stopping a long training run; warn once with the jitter used.
+        jitter = 0.0
+        for power in range(1, 6):
+            if int(info) == 0:
+                break
+            step = self.cov_eps * 10**power
+            cov.diagonal().add_(step - jitter)
+            jitter = step
+            chol, info = torch.linalg.cholesky_ex(cov)
+        if jitter and int(info) == 0 and not getattr(self, "_warned_jitter", False):
+            self._warned_jitter = True
+            warnings.warn(
+                f"VirtualOutlierSynthesizer: shared covariance not positive definite with "
+                f"COV_EPS={self.cov_eps}; added {jitter:g} to its diagonal"
+            )
         if int(info) != 0:
             raise RuntimeError(
                 "VirtualOutlierSynthesizer: the shared feature covariance is not positive definite "

@@ -234,3 +234,20 @@ def test_vos_zero_cases(tiny_head, case):
     loss.backward()
     # zero gradients, but every parameter took part (DistributedDataParallel needs that)
     assert reg.energy_weight.grad is not None and reg.energy_weight.grad.abs().sum() == 0
+
+
+def test_indefinite_covariance_gets_jitter_instead_of_crashing():
+    """A rank-deficient / drifted covariance estimate is repaired with diagonal jitter (warned)."""
+    syn = VirtualOutlierSynthesizer(in_features=6, num_classes=2, queue_size=3, num_samples=50,
+                                    num_select=1, start_iter=0, cov_eps=1e-4)
+    syn.update(torch.randn(6, 6), torch.tensor([0, 0, 0, 1, 1, 1]))
+    syn.sum_xxt -= 10.0 * torch.eye(6, dtype=torch.float64)  # make the estimate indefinite
+    with pytest.warns(UserWarning, match="added 10 to its diagonal"):
+        means, chol = syn.gaussians()
+    cov = chol.double() @ chol.double().t()
+    assert torch.isfinite(chol).all()
+    # the repaired covariance is the estimate plus 10 (the largest jitter) on the diagonal
+    n = syn.count.double().clamp_min(1)[:, None]
+    mu = syn.sum_x / n
+    est = (syn.sum_xxt - (mu * n).t() @ mu) / n.sum()
+    assert torch.allclose(cov, est + (1e-4 + 10.0) * torch.eye(6, dtype=torch.float64), atol=1e-5)
