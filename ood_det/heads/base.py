@@ -153,3 +153,43 @@ class OODHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, num_classes={self.num_classes}"
+
+
+class EntropicScaleHead(OODHead):
+    """Base of the IsoMax family (``isomax``, ``isomaxplus``, ``dismax``).
+
+    Their distance logits are bounded (IsoMax+: in ``[-2|s|, 0]``), so a softmax at scale 1 is
+    nearly uniform. Training and the box confidence therefore use ``E_s * logits`` with the
+    entropic scale ``E_s`` (= 10 in Macêdo et al.): loss = ``CE(E_s * logits, labels)``,
+    confidence = ``softmax(E_s * logits)``; the OOD scores keep scale 1.
+
+    Args:
+        entropic_scale: E_s (> 0).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, entropic_scale: float = 10.0):
+        super().__init__(in_features, num_classes)
+        if entropic_scale <= 0:
+            raise ValueError(
+                f"{type(self).__name__}: entropic_scale must be > 0, got {entropic_scale}"
+            )
+        self.entropic_scale = float(entropic_scale)
+
+    def loss(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        features: Optional[torch.Tensor] = None,
+        outlier_features: Optional[torch.Tensor] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """``{"loss_cls": CE(E_s * logits, labels)}``."""
+        from ._utils import check_labels, cross_entropy
+
+        check_labels(logits, labels, self.num_classes, f"{type(self).__name__}.loss")
+        return {"loss_cls": cross_entropy(self.entropic_scale * logits.float(), labels)}
+
+    def confidence_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.entropic_scale * logits.float()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", entropic_scale={self.entropic_scale}"

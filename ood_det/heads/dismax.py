@@ -43,12 +43,12 @@ import torch
 from torch import nn
 
 from . import register_head
-from ._utils import check_features, check_labels, cross_entropy, normalized_distances
-from .base import OODHead
+from ._utils import check_features, check_labels, normalized_distances
+from .base import EntropicScaleHead
 
 
 @register_head
-class DisMaxHead(OODHead):
+class DisMaxHead(EntropicScaleHead):
     """DisMax head with a calibratable temperature.
 
     Args:
@@ -76,10 +76,7 @@ class DisMaxHead(OODHead):
         temperature_bounds: Tuple[float, float] = (1e-3, 100.0),
         n_bins: int = 15,
     ):
-        super().__init__(in_features, num_classes)
-        if entropic_scale <= 0:
-            raise ValueError(f"DisMaxHead: entropic_scale must be > 0, got {entropic_scale}")
-        self.entropic_scale = float(entropic_scale)
+        super().__init__(in_features, num_classes, entropic_scale)
         self.calibrate = bool(calibrate)
         self.temperature_bounds = (float(temperature_bounds[0]), float(temperature_bounds[1]))
         self.n_bins = int(n_bins)
@@ -118,17 +115,6 @@ class DisMaxHead(OODHead):
         """``[R, D]`` -> ``[R, K + 1]`` float32 logits ``-(d_j + mean_k d_k) / T``."""
         d = self.distances(features)
         return -(d + d.mean(dim=1, keepdim=True)) / self.temperature.float()
-
-    def loss(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        features: Optional[torch.Tensor] = None,
-        outlier_features: Optional[torch.Tensor] = None,
-    ) -> Dict[str, torch.Tensor]:
-        """``{"loss_cls": CE(E_s * logits, labels)}`` (the logits carry ``1 / T``; T = 1 in training)."""
-        check_labels(logits, labels, self.num_classes, "DisMaxHead.loss")
-        return {"loss_cls": cross_entropy(self.entropic_scale * logits.float(), labels)}
 
     def confidence_logits(self, logits: torch.Tensor) -> torch.Tensor:
         if bool(self.calibrated):
@@ -182,5 +168,5 @@ class DisMaxHead(OODHead):
     def extra_repr(self) -> str:
         return (
             super().extra_repr()
-            + f", entropic_scale={self.entropic_scale}, temperature={float(self.temperature):.4g}"
+            + f", temperature={float(self.temperature):.4g}"
         )

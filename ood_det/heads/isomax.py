@@ -21,18 +21,16 @@ Detection changes (ours):
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 import torch
 from torch import nn
 
 from . import register_head
-from ._utils import check_features, check_labels, cross_entropy, euclidean_distances
-from .base import OODHead
+from ._utils import check_features, euclidean_distances
+from .base import EntropicScaleHead
 
 
 @register_head
-class IsoMaxHead(OODHead):
+class IsoMaxHead(EntropicScaleHead):
     """IsoMax distance head.
 
     Args:
@@ -48,10 +46,7 @@ class IsoMaxHead(OODHead):
     supported_scores = ("entropic", "msp", "max_logit", "mds", "energy")
 
     def __init__(self, in_features: int, num_classes: int, entropic_scale: float = 10.0):
-        super().__init__(in_features, num_classes)
-        if entropic_scale <= 0:
-            raise ValueError(f"IsoMaxHead: entropic_scale must be > 0, got {entropic_scale}")
-        self.entropic_scale = float(entropic_scale)
+        super().__init__(in_features, num_classes, entropic_scale)
         self.prototypes = nn.Parameter(torch.zeros(num_classes + 1, in_features))
 
     @classmethod
@@ -69,20 +64,3 @@ class IsoMaxHead(OODHead):
         """``[R, D]`` -> ``[R, K + 1]`` float32 logits ``-||z - p_j||``."""
         check_features(features, self.in_features, "IsoMaxHead.forward")
         return -euclidean_distances(features, self.prototypes)
-
-    def loss(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        features: Optional[torch.Tensor] = None,
-        outlier_features: Optional[torch.Tensor] = None,
-    ) -> Dict[str, torch.Tensor]:
-        """``{"loss_cls": CE(E_s * logits, labels)}``."""
-        check_labels(logits, labels, self.num_classes, "IsoMaxHead.loss")
-        return {"loss_cls": cross_entropy(self.entropic_scale * logits.float(), labels)}
-
-    def confidence_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.entropic_scale * logits.float()
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", entropic_scale={self.entropic_scale}"

@@ -18,18 +18,16 @@ normalised features, with a guarded square root (no NaN at zero distance).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 import torch
 from torch import nn
 
 from . import register_head
-from ._utils import check_features, check_labels, cross_entropy, normalized_distances
-from .base import OODHead
+from ._utils import check_features, normalized_distances
+from .base import EntropicScaleHead
 
 
 @register_head
-class IsoMaxPlusHead(OODHead):
+class IsoMaxPlusHead(EntropicScaleHead):
     """IsoMax+ head: scaled distances between L2-normalised features and prototypes.
 
     Args:
@@ -45,10 +43,7 @@ class IsoMaxPlusHead(OODHead):
     supported_scores = ("mds", "msp", "max_logit", "energy", "entropic")
 
     def __init__(self, in_features: int, num_classes: int, entropic_scale: float = 10.0):
-        super().__init__(in_features, num_classes)
-        if entropic_scale <= 0:
-            raise ValueError(f"IsoMaxPlusHead: entropic_scale must be > 0, got {entropic_scale}")
-        self.entropic_scale = float(entropic_scale)
+        super().__init__(in_features, num_classes, entropic_scale)
         self.prototypes = nn.Parameter(torch.empty(num_classes + 1, in_features))
         nn.init.normal_(self.prototypes, mean=0.0, std=1.0)
         self.distance_scale = nn.Parameter(torch.ones(1))
@@ -72,20 +67,3 @@ class IsoMaxPlusHead(OODHead):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``[R, D]`` -> ``[R, K + 1]`` float32 logits ``-|s| ||ẑ - p̂_j||``."""
         return -self.distance_scale.float().abs() * self.distances(features)
-
-    def loss(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        features: Optional[torch.Tensor] = None,
-        outlier_features: Optional[torch.Tensor] = None,
-    ) -> Dict[str, torch.Tensor]:
-        """``{"loss_cls": CE(E_s * logits, labels)}``."""
-        check_labels(logits, labels, self.num_classes, "IsoMaxPlusHead.loss")
-        return {"loss_cls": cross_entropy(self.entropic_scale * logits.float(), labels)}
-
-    def confidence_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.entropic_scale * logits.float()
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", entropic_scale={self.entropic_scale}"
