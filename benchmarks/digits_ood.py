@@ -151,6 +151,7 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="retrain runs that already have metrics.json")
     p.add_argument("--train-energy", action="store_true", help="train energy.yaml instead of reusing softmax")
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument("--notes", default="", help="a paragraph appended to the README section")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides passed to every run")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -181,7 +182,7 @@ def main(argv=None):
         rows[head]["score"] = per_seed[0]["score"]
         rows[head]["per_seed"] = per_seed
 
-    total = time.perf_counter() - t_start
+    total = sum(r["wall_seconds"] or 0.0 for r in runs.values()) or (time.perf_counter() - t_start)
     with open(out / "results.json", "w", encoding="utf-8") as f:
         json.dump({"seeds": args.seeds, "opts": args.opts, "rows": rows}, f, indent=1)
     tab = table(rows, args.seeds)
@@ -196,6 +197,7 @@ def main(argv=None):
 
         base = load_config(str(CONFIGS / "softmax.yaml"), args.opts)
         n = rows[next(iter(rows))]["per_seed"][0]
+        notes = ("\n" + args.notes.strip() + "\n") if args.notes.strip() else ""
         section = f"""## DigitsOOD
 
 Every head trained and evaluated by `benchmarks/digits_ood.py` on DigitsOOD (known digits 0-4,
@@ -215,9 +217,10 @@ with the energy score.
 {ver}
 
 Train time: seconds of the training loop alone (data generation, evaluation and start-up not
-counted); 2 CPU cores shared with other jobs, python {platform.python_version()}, torch {torch.__version__};
-the whole benchmark took {total / 60:.0f} min.
-"""
+counted), on 2 CPU cores shared with other jobs whose load changed during the benchmark (so the
+times say more about the load than about the heads); python {platform.python_version()}, torch
+{torch.__version__}; all runs together took {total / 60:.0f} min of wall time.
+{notes}"""
         write_readme(section)
         print(f"wrote the DigitsOOD section of {README}")
 

@@ -58,6 +58,36 @@ def setup_logging(output_dir: str, rank: int = 0, name: str = "ood_det") -> logg
     return log
 
 
+def _console_through_tqdm(log: logging.Logger):
+    """Route ``log``'s console handlers through ``tqdm.write`` (log lines appear above the progress
+    bar instead of breaking it); returns a function that undoes it."""
+    from tqdm import tqdm
+
+    class _TqdmHandler(logging.StreamHandler):
+        def emit(self, record):
+            try:
+                tqdm.write(self.format(record), file=self.stream)
+            except Exception:  # pragma: no cover - logging must never raise
+                self.handleError(record)
+
+    old = list(log.handlers)
+    new = []
+    for h in old:
+        if type(h) is logging.StreamHandler:
+            t = _TqdmHandler(h.stream)
+            t.setFormatter(h.formatter)
+            t.setLevel(h.level)
+            new.append(t)
+        else:
+            new.append(h)
+    log.handlers = new
+
+    def restore():
+        log.handlers = old
+
+    return restore
+
+
 def seed_all(seed: int) -> int:
     """Seed python, numpy and torch; a negative seed draws one. Returns the seed used."""
     import numpy as np
@@ -189,6 +219,7 @@ def train(cfg, resume: bool = False, model=None) -> str:
     model.train()
     t_start = time.perf_counter()
     it = start_iter
+    restore_console = _console_through_tqdm(logger)
     try:
         while it < max_iter:
             batch = next(data_iter)
@@ -251,6 +282,7 @@ def train(cfg, resume: bool = False, model=None) -> str:
                     model.train()
                 comm.synchronize()
     finally:
+        restore_console()
         bar.close()
         if metrics_file is not None:
             metrics_file.close()

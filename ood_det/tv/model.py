@@ -303,21 +303,6 @@ class OODFasterRCNN(FasterRCNN):
             self.roi_heads.score_name = old_score
             self.train(was_training)
 
-    @torch.no_grad()
-    def roi_outputs(self, images: List[torch.Tensor], boxes: List[torch.Tensor]):
-        """Box-head features ``[R, D]`` and core logits ``[R, K + 1]`` of given boxes.
-
-        Args:
-            images: ``[3, H, W]`` float tensors in [0, 1].
-            boxes: per image ``[R_i, 4]`` xyxy in input pixels (e.g. ground-truth boxes).
-        """
-        targets = [{"boxes": b.to(self.device, torch.float32)} for b in boxes]
-        image_list, targets = self.transform([im.to(self.device) for im in images], targets)
-        feats = self.backbone(image_list.tensors)
-        box_feats = self.roi_heads.box_features(feats, [t["boxes"] for t in targets], image_list.image_sizes)
-        logits, _ = self.roi_heads.box_predictor.forward_core(box_feats)
-        return box_feats, logits
-
 
 def build_tv_model(cfg, class_names: Optional[Sequence[str]] = None) -> OODFasterRCNN:
     """Build :class:`OODFasterRCNN` from ``cfg`` (not moved to a device, no weights loaded).
