@@ -38,7 +38,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "ood-det-train=ood_det.engine.launch:main",
+            "ood-det-train=ood_det.apps.train:cli",
             "ood-det-score=ood_det.apps.score:main",
         ]
     },

@@ -37,7 +37,7 @@ VARIANTS = ("softmax", "energy", "vos", "isomax", "isomaxplus", "dismax", "cfl",
 
 
 def _cfg(variant, args):
-    from ood_det.config import load_config
+    from ood_det.apps.config import load_config
 
     cfg = load_config(str(ROOT / "configs/VOC-OOD/faster_rcnn_R_50_FPN_softmax.yaml"
                           if variant == "stock" else ROOT / f"configs/VOC-OOD/faster_rcnn_R_50_FPN_{variant}.yaml"))

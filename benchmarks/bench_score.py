@@ -72,9 +72,9 @@ def decode(path: str):
 
 
 def build_predictor(args):
-    from ood_det.config import load_config
-    from ood_det.engine.build import build_model
-    from ood_det.engine.predictor import Predictor
+    from ood_det.apps.config import load_config
+    from ood_det.tv.build import build_model
+    from ood_det.apps.predictor import Predictor
 
     if args.weights:
         return Predictor.from_checkpoint(args.config, args.weights, device=args.device)

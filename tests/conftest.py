@@ -38,8 +38,8 @@ class SmokeRun:
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> SmokeRun:
     """Train + evaluate the smoke config once per session (about 30-60 s on 2 CPU cores)."""
-    from ood_det.engine.datasets import register_digits_ood_smoke
-    from ood_det.engine.launch import main
+    from ood_det.data.builtin import register_digits_ood_smoke
+    from ood_det.apps.train import main
 
     # the smoke splits are generated in a temporary directory, registered there for the session
     register_digits_ood_smoke(tmp_path_factory.mktemp("digits_ood_smoke"))
@@ -140,6 +140,6 @@ def tiny_opts():
 @pytest.fixture
 def tiny_cfg(tiny_detection_dataset, tmp_path):
     """A tiny torchvision config on ``tiny_*`` writing to ``tmp_path/out`` (not frozen)."""
-    from ood_det.config import load_config
+    from ood_det.apps.config import load_config
 
     return load_config(None, TINY_OPTS + ["OUTPUT_DIR", str(tmp_path / "out")])

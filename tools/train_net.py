@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """Train and evaluate an OOD-aware detector: ``python tools/train_net.py --config CONFIG.yaml [--eval-only] [KEY VALUE ...]``."""
-from ood_det.engine.launch import main
+import sys
+
+from ood_det.apps.train import cli
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -171,7 +171,7 @@ class ScoringRun:
     Args:
         predictor: callable ``predictor(images, score=...)`` on a list of ``H x W x 3`` uint8 RGB
             arrays returning one dict per image (``boxes``, ``labels``, ``scores``,
-            ``ood_scores``), e.g. :class:`ood_det.engine.predictor.Predictor`.
+            ``ood_scores``), e.g. :class:`ood_det.apps.predictor.Predictor`.
         class_names: the K known class names.
         sources, skipped: from :func:`ood_det.apps.media.collect_sources`.
         output_dir: an existing writable folder.
@@ -477,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_predictor(args):
-    from ..engine.predictor import Predictor  # torch & the model stack load only here
+    from .predictor import Predictor  # torch & the model stack load only here
 
     return Predictor.from_checkpoint(args.config, args.weights, device=args.device,
                                      opts=args.opts)

@@ -1,4 +1,4 @@
-"""The config schema of the torchvision backend and ``load_config`` for both backends.
+"""The config schema of the torchvision backend, and the YAML reading both backends share.
 
 ``get_cfg()`` returns an fvcore :class:`CfgNode` that uses detectron2's key names wherever a
 concept is shared (``MODEL.ROI_HEADS.NUM_CLASSES``, ``SOLVER.BASE_LR``, ``INPUT.MIN_SIZE_TRAIN``,
@@ -8,6 +8,11 @@ concept is shared (``MODEL.ROI_HEADS.NUM_CLASSES``, ``SOLVER.BASE_LR``, ``INPUT.
 
 Units that differ from detectron2 are documented next to the key (``MODEL.PIXEL_MEAN`` is RGB
 0-255 here because the torchvision backend reads RGB images).
+
+This package holds schemas and file reading only: :func:`read_config_chain` (``_BASE_`` resolved
+file by file), :func:`peek_backend` and :func:`merge_config` (errors name the file or the command
+line a bad key came from). Which schema a file is merged into (ours or detectron2's) is decided
+above the backends, by :func:`ood_det.apps.config.load_config`.
 """
 from __future__ import annotations
 
@@ -137,7 +142,7 @@ def get_cfg() -> CfgNode:
 
 
 # ---------------------------------------------------------------------------------- loading
-def _config_chain(path: str, _seen: Tuple[str, ...] = ()) -> List[Tuple[str, Dict[str, Any]]]:
+def read_config_chain(path: str, _seen: Tuple[str, ...] = ()) -> List[Tuple[str, Dict[str, Any]]]:
     """``[(file, its keys without _BASE_), ...]`` base-first, resolving ``_BASE_`` relative to
     each file (what fvcore's ``load_yaml_with_base`` does, but file by file so that errors can
     name the file a key came from)."""
@@ -163,12 +168,13 @@ def _config_chain(path: str, _seen: Tuple[str, ...] = ()) -> List[Tuple[str, Dic
             b = os.path.expanduser(str(b))
             if not os.path.isabs(b):
                 b = os.path.join(os.path.dirname(path), b)
-            chain.extend(_config_chain(b, _seen + (path,)))
+            chain.extend(read_config_chain(b, _seen + (path,)))
     chain.append((path, data))
     return chain
 
 
-def _peek_backend(chain, opts: Sequence[str]) -> str:
+def peek_backend(chain, opts: Sequence[str] = ()) -> str:
+    """The ``BACKEND`` a config chain + overrides select (default ``torchvision``)."""
     backend = "torchvision"
     for _, d in chain:
         backend = d.get("BACKEND", backend)
@@ -191,36 +197,14 @@ def _merge(cfg, data: Dict[str, Any], where: str) -> None:
         raise ValueError(f"{where}: {e}") from None
 
 
-def _new_d2_cfg():
-    try:
-        from detectron2.config import get_cfg as d2_get_cfg
-    except ImportError as e:
-        raise ImportError(
-            "BACKEND: detectron2 needs detectron2, which is not installed (" + str(e) + "). "
-            "Install it from https://github.com/facebookresearch/detectron2 (see README.md), "
-            "or use BACKEND: torchvision."
-        ) from None
-    from ..d2.config import add_ood_d2_config
-
-    cfg = d2_get_cfg()
-    add_ood_d2_config(cfg)
-    return cfg
-
-
-def load_config(path: Optional[str] = None, opts: Optional[Sequence[str]] = None, freeze: bool = False):
-    """Load a YAML config (``_BASE_`` inheritance, relative to each file) plus trailing
-    ``KEY VALUE`` overrides.
-
-    Builds detectron2's config (with :func:`ood_det.d2.config.add_ood_d2_config`) when the
-    resulting ``BACKEND`` is ``detectron2``, else :func:`get_cfg`. An unknown key raises a
-    ``KeyError`` naming the key and the file (or "command line") it came from.
-    """
+def merge_config(cfg, chain: Sequence[Tuple[str, Dict[str, Any]]], opts: Optional[Sequence[str]] = None,
+                 freeze: bool = False):
+    """Merge the files of ``chain`` (from :func:`read_config_chain`) and the ``KEY VALUE`` pairs
+    ``opts`` into ``cfg`` in place; returns it. An unknown key raises a ``KeyError`` naming the key
+    and the file (or "command line") it came from."""
     opts = list(opts or [])
     if len(opts) % 2:
         raise ValueError(f"command-line overrides must be KEY VALUE pairs, got an odd list: {opts}")
-    chain = _config_chain(path) if path else []
-    backend = _peek_backend(chain, opts)
-    cfg = _new_d2_cfg() if backend == "detectron2" else get_cfg()
     for file, data in chain:
         _merge(cfg, data, f"config {file}")
     if opts:

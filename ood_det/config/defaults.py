@@ -9,7 +9,7 @@ from __future__ import annotations
 
 def add_ood_config(cfg):
     """Add ``MODEL.OOD`` (head, score, outliers, regularizers and their hyperparameters),
-    ``DATASETS.OOD_TEST`` and ``TEST.OOD`` to ``cfg`` in place and return it."""
+    ``DATASETS.OOD_TEST`` / ``DATASETS.SHIFT_TEST`` and ``TEST.OOD`` to ``cfg`` in place and return it."""
     from ..heads import HEADS
     from ..regularizers import REGULARIZERS
     from ..regularizers.vos import VirtualOutlierSynthesizer
@@ -26,6 +26,10 @@ def add_ood_config(cfg):
 
     if "OOD_TEST" not in cfg.DATASETS:
         cfg.DATASETS.OOD_TEST = ()
+    # ID images under a covariate shift (contrast / noise / blur): their boxes should stay ID; the
+    # evaluation reports the share flagged unknown at the stored thresholds
+    if "SHIFT_TEST" not in cfg.DATASETS:
+        cfg.DATASETS.SHIFT_TEST = ()
     cfg.TEST.OOD = CN()
     # ID-val recall at which the unknown threshold is set (0.95 = FPR95's operating point)
     cfg.TEST.OOD.TPR = 0.95

@@ -57,24 +57,3 @@ def get_ood_d2_cfg(config_file: Optional[str] = None, opts: Optional[Sequence[st
     if opts:
         cfg.merge_from_list(list(opts))
     return cfg
-
-
-def resolve_device(cfg: CN) -> str:
-    """Turn ``MODEL.DEVICE`` ``"auto"`` into ``"cuda"`` when CUDA is available, else ``"cpu"``;
-    a ``cuda`` device on a machine without CUDA falls back to the CPU with a warning. Edits
-    ``cfg`` in place (it must not be frozen) and returns the device string."""
-    import logging
-
-    import torch
-
-    dev = str(cfg.MODEL.DEVICE)
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    elif dev.startswith("cuda") and not torch.cuda.is_available():
-        logging.getLogger(__name__).warning(
-            "MODEL.DEVICE=%s but CUDA is not available: running on the CPU", dev
-        )
-        dev = "cpu"
-    if dev != cfg.MODEL.DEVICE:
-        cfg.MODEL.DEVICE = dev
-    return dev

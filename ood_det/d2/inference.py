@@ -1,11 +1,12 @@
 """``D2InferenceModel``: a detectron2 OOD detector behind the backend-neutral inference API.
 
-``ood_det.engine.build.build_inference_model(cfg)`` returns one of these when
-``cfg.BACKEND == "detectron2"``; :class:`ood_det.engine.predictor.Predictor` drives it.
+:func:`ood_det.d2.train_net.build_inference_model` returns one of these;
+:class:`ood_det.apps.predictor.Predictor` and the scoring tool drive it through
+:meth:`D2InferenceModel.predict_images`, the inference contract both backends share.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -14,10 +15,10 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from ..modeling.box_classifier import OODBoxClassifier
-from .config import resolve_device
+from ..engine.comm import resolve_device
 from .output_layers import OODFastRCNNOutputLayers
 
-__all__ = ["D2InferenceModel", "find_ood_predictor"]
+__all__ = ["D2InferenceModel", "find_ood_predictor", "instances_to_numpy"]
 
 
 def find_ood_predictor(model: torch.nn.Module) -> OODFastRCNNOutputLayers:
@@ -30,6 +31,26 @@ def find_ood_predictor(model: torch.nn.Module) -> OODFastRCNNOutputLayers:
         f"{type(model).__name__} has no OODFastRCNNOutputLayers: set "
         "MODEL.ROI_HEADS.NAME: OODROIHeads (and call add_ood_d2_config)"
     )
+
+
+def instances_to_numpy(inst, score_names: Sequence[str], scores: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """One image's output ``Instances`` (fields of :mod:`ood_det.d2.output_layers`) as the numpy
+    dict of the inference contract: ``boxes, labels, scores, roi_conf, ood_scores: {name: [N]}``.
+
+    Args:
+        score_names: the head's ``supported_scores`` (the columns of ``ood_score_table``).
+        scores: the scores to keep (default: all of them).
+    """
+    inst = inst.to("cpu")
+    table = inst.ood_score_table.float().numpy().reshape(len(inst), len(score_names))
+    keep = list(scores) if scores is not None else list(score_names)
+    return {
+        "boxes": inst.pred_boxes.tensor.float().numpy().reshape(-1, 4),
+        "labels": inst.pred_classes.numpy().astype("int64"),
+        "scores": inst.scores.float().numpy(),
+        "roi_conf": inst.roi_conf.float().numpy(),
+        "ood_scores": {n: table[:, list(score_names).index(n)] for n in keep},
+    }
 
 
 class D2InferenceModel:
@@ -48,7 +69,7 @@ class D2InferenceModel:
         self.cfg = cfg.clone()
         if self.cfg.is_frozen():
             self.cfg.defrost()
-        resolve_device(self.cfg)
+        self.cfg.MODEL.DEVICE = resolve_device(self.cfg.MODEL.DEVICE).type
         self.model = build_model(self.cfg)
         self.model.eval()
         self.predictor = find_ood_predictor(self.model)
@@ -97,38 +118,24 @@ class D2InferenceModel:
 
     @torch.no_grad()
     def predict_images(
-        self, images: Sequence[np.ndarray], score: Optional[str] = None
-    ) -> List[Dict[str, np.ndarray]]:
-        """Detect and score.
+        self, images: Sequence[np.ndarray], scores: Optional[Sequence[str]] = None
+    ) -> List[Dict[str, object]]:
+        """Detect and score: the inference contract both backends share.
 
         Args:
             images: ``H x W x 3`` uint8 **RGB** arrays (sizes may differ).
-            score: OOD score name (default: ``MODEL.OOD.SCORE`` / the head's default).
+            scores: OOD score names (default: the classifier's configured score).
 
         Returns:
             per image ``{"boxes" [N, 4] float32 xyxy pixels, "labels" [N] int64 in 0..K-1,
-            "scores" [N] float32 box confidence, "ood_scores" [N] float32 (higher = more ID)}``.
+            "scores" [N] float32 box confidence, "roi_conf" [N] float32, "ood_scores": {name: [N]
+            float32} (higher = more ID)}``.
         """
+        names = self.box_classifier.check_scores(scores)
         if not len(images):
             return []
-        inputs = [self._prepare(im) for im in images]
-        old = self.predictor.ood_score_name
-        self.predictor.ood_score_name = score
-        try:
-            outputs = self.model(inputs)
-        finally:
-            self.predictor.ood_score_name = old
-        res = []
-        for out in outputs:
-            inst = out["instances"].to("cpu")
-            res.append(
-                {
-                    "boxes": inst.pred_boxes.tensor.numpy().astype(np.float32).reshape(-1, 4),
-                    "labels": inst.pred_classes.numpy().astype(np.int64),
-                    "scores": inst.scores.numpy().astype(np.float32),
-                    "ood_scores": inst.ood_scores.numpy().astype(np.float32),
-                }
-            )
-        return res
+        outputs = self.model([self._prepare(im) for im in images])
+        supported = self.box_classifier.head.supported_scores
+        return [instances_to_numpy(out["instances"], supported, names) for out in outputs]
 
     __call__ = predict_images

@@ -6,7 +6,11 @@ detectron2 already orders logits with background **last** and labels in ``0 .. K
 convention, so nothing is permuted here.
 
 Shapes: ``features`` ``[R, D]`` (box-head output), ``logits`` ``[R, K + 1]``, ``deltas``
-``[R, 4K]`` (or ``[R, 4]`` class-agnostic), per-box ``ood_scores`` ``[R]`` (higher = more ID).
+``[R, 4K]`` (or ``[R, 4]`` class-agnostic). Every output ``Instances`` carries, next to
+detectron2's fields, ``ood_scores`` ``[N]`` (the configured score, higher = more ID),
+``ood_score_table`` ``[N, S]`` (every score the head supports, columns in the order of
+``head.supported_scores``) and ``roi_conf`` ``[N]`` (the ROI's maximum foreground probability).
+All per-ROI values come from :meth:`OODBoxClassifier.predict`; nothing is toggled on the module.
 """
 from __future__ import annotations
 
@@ -126,10 +130,6 @@ class OODFastRCNNOutputLayers(FastRCNNOutputLayers):
             )
         # replaces detectron2's nn.Linear: forward() calls self.cls_score(x) -> [R, K + 1] logits
         self.cls_score = box_classifier
-        #: per-call override of the OOD score name (None: the classifier's own)
-        self.ood_score_name: Optional[str] = None
-        #: scores also carried as ``ood_score_<name>`` fields by :meth:`inference` (evaluation)
-        self.extra_score_names: Tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -214,49 +214,33 @@ class OODFastRCNNOutputLayers(FastRCNNOutputLayers):
         probs = self.cls_score.head.predict_probs(logits)
         return probs.split([len(p) for p in proposals], dim=0)
 
-    def predict_ood_scores(
-        self,
-        predictions: Tuple[torch.Tensor, torch.Tensor],
-        proposals: List[Instances],
-        features: Optional[torch.Tensor] = None,
-        score: Optional[str] = None,
-    ):
-        """Per image ``[Ri]`` OOD scores (higher = more ID) with ``score`` (default: the
-        configured one, see :attr:`ood_score_name`)."""
-        logits, _ = predictions
-        if features is not None and features.dim() > 2:
-            features = torch.flatten(features, start_dim=1)
-        clf = self.cls_score
-        name = score or self.ood_score_name or clf.score
-        ood = clf.head.ood_score(logits, features=features, score=name).float()
-        return ood.split([len(p) for p in proposals], dim=0)
-
     def inference(
         self,
         predictions: Tuple[torch.Tensor, torch.Tensor],
         proposals: List[Instances],
         features: Optional[torch.Tensor] = None,
     ):
-        """detectron2's inference (score threshold, per-class NMS, top-k) with ``ood_scores``.
+        """detectron2's inference (score threshold, per-class NMS, top-k) with the OOD fields.
 
-        Returns ``(instances, kept)`` like detectron2; each ``Instances`` also has
-        ``ood_scores`` ``[Ni]`` aligned with ``pred_boxes`` / ``scores`` / ``pred_classes``, and
-        one ``ood_score_<name>`` field per name in :attr:`extra_score_names`.
+        Returns ``(instances, kept)`` like detectron2; each ``Instances`` also has ``ood_scores``
+        ``[Ni]``, ``ood_score_table`` ``[Ni, S]`` and ``roi_conf`` ``[Ni]`` aligned with
+        ``pred_boxes`` / ``scores`` / ``pred_classes`` (see the module docstring).
         """
-        boxes = self.predict_boxes(predictions, proposals)
-        scores = self.predict_probs(predictions, proposals)
-        ood = self.predict_ood_scores(predictions, proposals, features)
-        extra = {
-            f"ood_score_{n}": self.predict_ood_scores(predictions, proposals, features, score=n)
-            for n in self.extra_score_names
-        }
+        logits, _ = predictions
+        if features is not None and features.dim() > 2:
+            features = torch.flatten(features, start_dim=1)
+        clf = self.cls_score
+        out = clf.predict(features, logits)
+        table = torch.stack([out["ood_scores"][n] for n in clf.head.supported_scores], dim=1)
+        sizes = [len(p) for p in proposals]
         return ood_fast_rcnn_inference(
-            boxes,
-            scores,
-            ood,
+            self.predict_boxes(predictions, proposals),
+            out["probs"].split(sizes, dim=0),
+            out["ood_scores"][clf.score].split(sizes, dim=0),
             [x.image_size for x in proposals],
             self.test_score_thresh,
             self.test_nms_thresh,
             self.test_topk_per_image,
-            extra_fields=extra,
+            extra_fields={"ood_score_table": table.split(sizes, dim=0),
+                          "roi_conf": out["roi_conf"].split(sizes, dim=0)},
         )

@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
-from . import catalog
+from . import builtin, catalog
+from .paths import ENV_VAR, datasets_root
 from .io import ImageReadError, read_image
 
 _SHOW = 5  # examples listed per problem
@@ -152,10 +153,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python datasets/check.py", description=__doc__.split("\n")[0])
     p.add_argument("names", nargs="*", help="datasets to check (default: all registered)")
     p.add_argument("--root", default=None,
-                   help=f"datasets root (default: ${catalog.ENV_VAR}, else the checkout's datasets/)")
+                   help=f"datasets root (default: ${ENV_VAR}, else the checkout's datasets/)")
     p.add_argument("--images", action="store_true", help="decode every image (slow on full datasets)")
     a = p.parse_args(argv)
-    root = catalog.register_builtin_datasets(a.root) if a.root else catalog.datasets_root()
+    root = builtin.register_builtin_datasets(a.root) if a.root else datasets_root()
     unknown = [n for n in a.names if n not in catalog.names()]
     if unknown:
         print(f"error: not registered: {', '.join(unknown)}; registered: {', '.join(catalog.names())}")

@@ -271,8 +271,8 @@ def render_image(
 
 # --------------------------------------------------------------------------------------- disk
 def default_root() -> Path:
-    """``<datasets root>/digits_ood`` (see :func:`ood_det.data.catalog.datasets_root`)."""
-    from .catalog import datasets_root
+    """``<datasets root>/digits_ood`` (see :func:`ood_det.data.paths.datasets_root`)."""
+    from .paths import datasets_root
 
     return datasets_root() / "digits_ood"
 

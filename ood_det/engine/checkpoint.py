@@ -1,16 +1,22 @@
-"""Checkpoints of the torchvision backend.
+"""Checkpoints of both backends: one format, written and checked here.
 
 A checkpoint is a ``torch.save`` d dict loadable with ``torch.load(..., weights_only=True)`` (no
 numpy, plain python types only)::
 
     {"model": state_dict,                      # incl. OOD thresholds, DisMax temperature, queues
-     "optimizer": ..., "scheduler": ..., "scaler": ...,   # training state (absent in final files
-                                                          # written by the evaluator)
+     "optimizer": ..., "scheduler": ..., "scaler": ...,   # training state (when training wrote it)
      "iteration": int,                         # iterations completed
      "cfg": str,                               # the config as YAML
      "ood_det": {"backend", "head", "num_classes", "class_names", "score",
-                 "conf_thresh"}}               # conf_thresh: the F1 box-confidence threshold of
-                                               # ID val, added by the evaluator
+                 "max_iter",                   # the schedule the run was started with
+                 "conf_thresh"}}               # the F1 box-confidence threshold of ID val,
+                                               # added by the evaluation
+
+detectron2's ``DetectionCheckpointer`` writes the same dict (its ``checkpointables`` carry
+``ood_det`` and ``cfg``, see :mod:`ood_det.d2.train_net`); the torchvision trainer writes it with
+:func:`make_checkpoint` / :func:`save_checkpoint`; the evaluation of either backend rewrites the
+final file with :func:`save_model_state`. :func:`check_metadata` compares a checkpoint with a
+config (``--eval-only``, the scoring tool).
 
 Files are written atomically (temporary file + rename); ``OUTPUT_DIR/last_checkpoint`` names the
 newest one, so an interrupted run resumes from it (``--resume``) losing at most one period.
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -34,24 +40,82 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
-def ood_metadata(model: nn.Module, cfg) -> Dict[str, Any]:
-    m = unwrap(model)
-    clf = m.classifier
-    return {
+class CheckpointMismatchError(ValueError):
+    """The checkpoint was trained for another model than the config describes."""
+
+
+def checkpoint_metadata(cfg, classifier, class_names: Sequence[str], **extra: Any) -> Dict[str, Any]:
+    """The ``"ood_det"`` entry of a checkpoint (plain python values only).
+
+    Args:
+        cfg: the run's config (``BACKEND``, ``SOLVER.MAX_ITER``).
+        classifier: the model's :class:`~ood_det.modeling.box_classifier.OODBoxClassifier`.
+        class_names: the K known class names.
+        extra: more entries, e.g. ``conf_thresh`` (floats / ints / strings).
+    """
+    names = [str(c) for c in class_names]
+    if len(names) != classifier.num_classes:
+        raise ValueError(f"{len(names)} class names for a classifier of {classifier.num_classes} classes")
+    meta = {
         "backend": str(cfg.BACKEND),
-        "head": str(clf.head.name),
-        "num_classes": int(clf.num_classes),
-        "class_names": [str(c) for c in getattr(m, "class_names", [])],
-        "score": str(clf.score),
+        "head": str(classifier.head.name),
+        "num_classes": int(classifier.num_classes),
+        "class_names": names,
+        "score": str(classifier.score),
+        "max_iter": int(cfg.SOLVER.MAX_ITER),
     }
+    meta.update(extra)
+    return meta
 
 
-def make_checkpoint(model, cfg, iteration: int, optimizer=None, scheduler=None, scaler=None) -> Dict[str, Any]:
+def read_metadata(path: str) -> Optional[Dict[str, Any]]:
+    """The ``"ood_det"`` entry of the checkpoint at ``path`` (None when it has none: a checkpoint
+    of another tool). Unreadable files raise as :func:`load_checkpoint` does."""
+    ckpt = load_checkpoint(path, require_model=False)
+    meta = ckpt.get("ood_det") if isinstance(ckpt, dict) else None
+    return dict(meta) if isinstance(meta, dict) else None
+
+
+def check_metadata(meta: Optional[dict], cfg, config_path: str, weights_path: str) -> None:
+    """Compare a checkpoint's ``"ood_det"`` metadata with the config.
+
+    Checks ``backend`` (``cfg.BACKEND``), ``head`` (``cfg.MODEL.OOD.HEAD``), ``num_classes``
+    (``cfg.MODEL.ROI_HEADS.NUM_CLASSES``) and that ``class_names`` has ``num_classes`` entries.
+    Missing metadata (a checkpoint of another tool) is not checked here; the tensor shapes still
+    are, when the weights are loaded.
+
+    Raises:
+        CheckpointMismatchError: naming every differing value and both files.
+    """
+    if not meta:
+        return
+    expected = {
+        "backend": ("BACKEND", cfg.get("BACKEND", None)),
+        "head": ("MODEL.OOD.HEAD", cfg.MODEL.OOD.HEAD),
+        "num_classes": ("MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES),
+    }
+    bad = []
+    for key, (cfg_key, value) in expected.items():
+        if key in meta and value is not None and meta[key] != value:
+            bad.append(f"{key}: the checkpoint has {meta[key]!r}, the config's {cfg_key} is "
+                       f"{value!r}")
+    names = meta.get("class_names")
+    if names is not None and "num_classes" in meta and len(names) != meta["num_classes"]:
+        bad.append(f"class_names: {len(names)} names for num_classes={meta['num_classes']}")
+    if bad:
+        raise CheckpointMismatchError(
+            f"checkpoint {weights_path} does not match config {config_path}: " + "; ".join(bad))
+
+
+def make_checkpoint(model, cfg, iteration: int, optimizer=None, scheduler=None, scaler=None,
+                    class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """A training checkpoint of the torchvision model (``model.classifier``, ``model.class_names``)."""
+    m = unwrap(model)
     ckpt: Dict[str, Any] = {
-        "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+        "model": {k: v.detach().cpu() for k, v in m.state_dict().items()},
         "iteration": int(iteration),
         "cfg": cfg.dump(),
-        "ood_det": ood_metadata(model, cfg),
+        "ood_det": checkpoint_metadata(cfg, m.classifier, class_names or m.class_names),
     }
     if optimizer is not None:
         ckpt["optimizer"] = optimizer.state_dict()
@@ -78,15 +142,16 @@ def save_checkpoint(ckpt: Dict[str, Any], path: str, tag_last: bool = True) -> s
     return path
 
 
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; errors name the file."""
+def load_checkpoint(path: str, require_model: bool = True) -> Dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; errors name the file. ``require_model``: it
+    must be a dict with a ``"model"`` entry."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
+    if require_model and (not isinstance(ckpt, dict) or "model" not in ckpt):
         raise ValueError(f"{path} is not an ood_det checkpoint (no 'model' entry)")
     return ckpt
 
@@ -122,15 +187,30 @@ def restore(ckpt: Dict[str, Any], model, optimizer=None, scheduler=None, scaler=
     return int(ckpt.get("iteration", 0))
 
 
-def save_model_state(model, cfg, path: str, iteration: Optional[int] = None,
-                     extra_meta: Optional[Dict[str, Any]] = None) -> str:
-    """Rewrite ``path`` with the model's current state (e.g. after the evaluator stored thresholds
-    and calibration buffers), keeping the training state already in it. ``extra_meta`` (plain
-    python values) is added to the checkpoint's ``"ood_det"`` entry."""
-    old = load_checkpoint(path) if os.path.isfile(path) else {}
-    ckpt = make_checkpoint(model, cfg, iteration if iteration is not None else old.get("iteration", 0))
-    for k in ("optimizer", "scheduler", "scaler", "train_seconds"):
-        if k in old:
-            ckpt[k] = old[k]
-    ckpt["ood_det"].update(extra_meta or {})
+def save_model_state(module: nn.Module, cfg, path: str, metadata: Dict[str, Any]) -> str:
+    """Write ``module``'s current state to ``path`` (e.g. after the evaluation stored thresholds and
+    post-fit buffers), keeping every other entry already in that file (training state,
+    iteration, detectron2's extra entries). ``metadata`` (see :func:`checkpoint_metadata`)
+    replaces the ``"ood_det"`` entry. Both backends' evaluations save through this function."""
+    old: Dict[str, Any] = {}
+    if os.path.isfile(path):
+        try:
+            old = load_checkpoint(path, require_model=False)
+        except (RuntimeError, ValueError, OSError) as e:  # not ours / unreadable: replaced, said so
+            logger.warning("could not read %s (%s); writing a fresh checkpoint", path, e)
+    ckpt = dict(old) if isinstance(old, dict) else {}
+    ckpt["model"] = {k: v.detach().cpu() for k, v in unwrap(module).state_dict().items()}
+    ckpt.setdefault("iteration", 0)
+    ckpt["cfg"] = cfg.dump()
+    ckpt["ood_det"] = dict(metadata)
     return save_checkpoint(ckpt, path, tag_last=False)
+
+
+def evaluated_checkpoint_path(output_dir: str, weights: Optional[str]) -> str:
+    """Where an evaluation saves the model with its thresholds: ``weights`` itself when it lies in
+    ``output_dir`` (the run's own checkpoint gains its thresholds), else
+    ``output_dir/model_final.pth`` (a checkpoint from elsewhere is never modified)."""
+    if weights and os.path.isfile(weights) and \
+            os.path.abspath(os.path.dirname(weights)) == os.path.abspath(output_dir):
+        return weights
+    return os.path.join(output_dir, "model_final.pth")

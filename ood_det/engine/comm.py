@@ -59,3 +59,21 @@ def reduce_dict(values: Dict[str, torch.Tensor], average: bool = True) -> Dict[s
         if average:
             stacked /= get_world_size()
     return {k: float(v) for k, v in zip(names, stacked.cpu())}
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` of process ``src`` on every process (picklable python objects)."""
+    if get_world_size() <= 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_objects(obj) -> list:
+    """Every process's ``obj`` on every process, in rank order."""
+    if get_world_size() <= 1:
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

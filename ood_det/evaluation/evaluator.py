@@ -62,6 +62,7 @@ class Predictions(_MappingABC):
         labels: Any,
         scores: Any,
         ood_scores: Optional[Mapping[str, Any]] = None,
+        roi_conf: Optional[Any] = None,
     ) -> None:
         """Store one image's detections.
 
@@ -87,6 +88,8 @@ class Predictions(_MappingABC):
                 f"Predictions.add: image {image_id!r} has OOD scores {sorted(names)}, "
                 f"expected {sorted(self._score_names)}"
             )
+        if roi_conf is not None:
+            p["roi_conf"] = np.asarray(roi_conf, dtype=np.float64).reshape(-1)
         self._images[image_id] = p
 
     def merge(self, other: "Predictions") -> "Predictions":

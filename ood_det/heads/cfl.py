@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_head
+from .registry import register_head
 from ._utils import check_features, check_labels, normalized_distances, zero_loss
 from .base import OODHead
 

@@ -42,7 +42,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from . import register_head
+from .registry import register_head
 from ._utils import check_features, check_labels, normalized_distances
 from .base import EntropicScaleHead
 

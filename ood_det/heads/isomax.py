@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register_head
+from .registry import register_head
 from ._utils import check_features, euclidean_distances
 from .base import EntropicScaleHead
 

@@ -15,7 +15,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from . import register_head
+from .registry import register_head
 from ._utils import check_features, check_labels, cross_entropy
 from .base import OODHead
 

@@ -11,6 +11,8 @@ State kept in buffers (saved with the checkpoint, no numpy):
 * ``thresholds``: ``[len(SCORE_NAMES)]`` unknown-object threshold per score (NaN = not set);
   boxes whose score is below it are OOD. Set at evaluation time from ID validation boxes (95%
   TPR) so that the scoring tool needs no extra file.
+* ``conf_thresh``: ``[]`` the box-confidence threshold of the evaluation protocol (F1-optimal on
+  ID validation; NaN = not set): the scoring tool keeps the boxes above it by default.
 """
 from __future__ import annotations
 
@@ -58,6 +60,12 @@ class OODBoxClassifier(nn.Module):
             )
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self.register_buffer("thresholds", torch.full((len(SCORE_NAMES),), float("nan")))
+        self.register_buffer("conf_thresh", torch.tensor(float("nan")))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the confidence threshold was stored load with it unset
+        state_dict.setdefault(prefix + "conf_thresh", torch.tensor(float("nan")))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ config
     @classmethod
@@ -116,20 +124,58 @@ class OODBoxClassifier(nn.Module):
         return losses
 
     # --------------------------------------------------------------- inference
+    def check_scores(self, scores: Optional[Sequence[str]]) -> Tuple[str, ...]:
+        """``scores`` validated against the head (None: the configured score alone)."""
+        names = tuple(scores) if scores is not None else (self.score,)
+        bad = [n for n in names if n not in self.head.supported_scores]
+        if bad:
+            raise ValueError(
+                f"score(s) {bad} not supported by head {self.head.name!r}; "
+                f"supported: {', '.join(self.head.supported_scores)}"
+            )
+        return names
+
     @torch.no_grad()
     def predict(
-        self, features: torch.Tensor, logits: Optional[torch.Tensor] = None, score: Optional[str] = None
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Box confidence ``[R, K + 1]`` and OOD score ``[R]`` (higher = more ID)."""
+        self,
+        features: torch.Tensor,
+        logits: Optional[torch.Tensor] = None,
+        scores: Optional[Sequence[str]] = None,
+    ) -> Dict[str, object]:
+        """Inference outputs of R ROIs, the one place both backends get them from.
+
+        Args:
+            features: ``[R, D]`` box-head features.
+            logits: ``[R, K + 1]`` (computed from ``features`` when None).
+            scores: OOD score names (default: every score the head supports).
+
+        Returns:
+            ``{"probs": [R, K + 1]`` box confidences (``head.predict_probs``), ``"roi_conf": [R]``
+            the ROI's maximum foreground probability (VOS keeps a box when its proposal's value
+            reaches the confidence threshold), ``"ood_scores": {name: [R]}`` float32, higher = more
+            in-distribution``}``.
+        """
         if logits is None:
             logits = self.head(features)
+        names = self.check_scores(scores) if scores is not None else tuple(self.head.supported_scores)
         probs = self.head.predict_probs(logits)
-        ood = self.head.ood_score(logits, features=features, score=score or self.score)
-        return probs, ood.float()
+        return {
+            "probs": probs,
+            "roi_conf": probs[:, : self.num_classes].max(dim=1).values.float(),
+            "ood_scores": {n: self.head.ood_score(logits, features=features, score=n).float() for n in names},
+        }
 
     # -------------------------------------------------------------- thresholds
     def set_threshold(self, score: str, value: float) -> None:
         self.thresholds[SCORE_NAMES.index(score)] = float(value)
+
+    def set_conf_threshold(self, value: Optional[float]) -> None:
+        self.conf_thresh.fill_(float("nan") if value is None else float(value))
+
+    def conf_threshold(self) -> Optional[float]:
+        """Stored box-confidence threshold, None if unset."""
+        v = float(self.conf_thresh)
+        return None if v != v else v
 
     def threshold(self, score: Optional[str] = None) -> Optional[float]:
         """Stored unknown threshold for ``score`` (default: the model's score), None if unset."""

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_regularizer
+from .registry import register_regularizer
 from ._utils import foreground_mask, zero_loss
 from .base import Regularizer
 from .energy import EnergyMargins, add_margin_config, energy_margin_loss, free_energy, margin_kwargs

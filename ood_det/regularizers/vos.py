@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_regularizer
+from .registry import register_regularizer
 from ._utils import foreground_mask, zero_loss
 from .base import Regularizer
 

@@ -112,8 +112,9 @@ class OODFasterRCNN(FasterRCNN):
 
     Training: ``model(images, targets)`` with torchvision targets (labels 1..K) -> loss dict.
     Inference: ``model(images)`` -> per image ``boxes`` ``[N, 4]`` (input pixels), ``labels``
-    ``[N]`` in ``0 .. K-1``, ``scores`` ``[N]`` (box confidence), ``ood_scores`` ``[N]`` (higher =
-    more in-distribution). :meth:`predict_images` wraps this for numpy images.
+    ``[N]`` in ``0 .. K-1``, ``scores`` ``[N]`` (box confidence), ``roi_conf`` ``[N]`` and
+    ``ood_scores`` ``{name: [N]}`` for every supported score (higher = more in-distribution).
+    :meth:`predict_images` wraps this for numpy images.
     """
 
     def __init__(
@@ -268,40 +269,43 @@ class OODFasterRCNN(FasterRCNN):
 
     @torch.no_grad()
     def predict_images(
-        self, images: Sequence[np.ndarray], score: Optional[str] = None, batch_size: int = 4
-    ) -> List[Dict[str, np.ndarray]]:
-        """Detect objects in RGB images.
+        self, images: Sequence[np.ndarray], scores: Optional[Sequence[str]] = None, batch_size: int = 4
+    ) -> List[Dict[str, object]]:
+        """Detect objects in RGB images: the inference contract both backends share.
 
         Args:
             images: ``H x W x 3`` uint8 RGB arrays (sizes may differ).
-            score: OOD score name (default: the classifier's configured score).
+            scores: OOD score names (default: the classifier's configured score).
             batch_size: images per forward pass.
 
         Returns:
             per image ``{"boxes": float32 [N, 4] xyxy input pixels, "labels": int64 [N] in 0..K-1,
-            "scores": float32 [N] box confidence, "ood_scores": float32 [N] higher = more ID}``.
+            "scores": float32 [N] box confidence, "roi_conf": float32 [N] the box's ROI maximum
+            foreground probability, "ood_scores": {name: float32 [N]} higher = more ID}``.
         """
+        names = self.classifier.check_scores(scores)
         was_training = self.training
-        old_score = self.roi_heads.score_name
         self.eval()
-        self.roi_heads.score_name = score
         try:
             results = []
             for start in range(0, len(images), batch_size):
-                outs = self(self._to_tensors(images[start : start + batch_size]))
-                for o in outs:
-                    results.append(
-                        {
-                            "boxes": o["boxes"].float().cpu().numpy(),
-                            "labels": o["labels"].cpu().numpy().astype(np.int64),
-                            "scores": o["scores"].float().cpu().numpy(),
-                            "ood_scores": o["ood_scores"].float().cpu().numpy(),
-                        }
-                    )
+                for o in self(self._to_tensors(images[start : start + batch_size])):
+                    results.append(detections_to_numpy(o, names))
             return results
         finally:
-            self.roi_heads.score_name = old_score
             self.train(was_training)
+
+
+def detections_to_numpy(output: Dict[str, object], scores: Sequence[str]) -> Dict[str, object]:
+    """One image's model output (tensors) as the numpy dict of :meth:`OODFasterRCNN.predict_images`,
+    keeping the OOD scores ``scores``."""
+    return {
+        "boxes": output["boxes"].float().cpu().numpy().reshape(-1, 4),
+        "labels": output["labels"].cpu().numpy().astype(np.int64),
+        "scores": output["scores"].float().cpu().numpy(),
+        "roi_conf": output["roi_conf"].float().cpu().numpy(),
+        "ood_scores": {n: output["ood_scores"][n].float().cpu().numpy() for n in scores},
+    }
 
 
 def build_tv_model(cfg, class_names: Optional[Sequence[str]] = None) -> OODFasterRCNN:

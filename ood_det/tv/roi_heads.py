@@ -9,10 +9,12 @@ The adapter only moves tensors between torchvision's conventions and the core's
   :func:`tv_to_core_labels` convert; nothing else here knows any method's math.
 * The classification loss is :meth:`ood_det.modeling.box_classifier.OODBoxClassifier.losses`
   (head loss + regularizers); box regression keeps torchvision's smooth-L1 loss.
-* At inference every kept box carries its OOD score (higher = more in-distribution) through
-  score thresholding, ``remove_small_boxes``, ``batched_nms`` and top-k; the box confidence
-  used there is ``head.predict_probs`` (separate from the OOD score). Output labels are the
-  contiguous ``0 .. K-1`` (torchvision label - 1).
+* At inference every kept box carries every OOD score the head supports (higher = more
+  in-distribution) and its ROI's maximum foreground probability (``roi_conf``) through score
+  thresholding, ``remove_small_boxes``, ``batched_nms`` and top-k; the box confidence used there
+  is ``head.predict_probs`` (separate from the OOD scores). Output labels are the contiguous
+  ``0 .. K-1`` (torchvision label - 1). All per-ROI values come from
+  :meth:`OODBoxClassifier.predict`.
 """
 from __future__ import annotations
 
@@ -88,24 +90,17 @@ class OODRoIHeads(RoIHeads):
     """torchvision ``RoIHeads`` whose box classification is an :class:`OODBoxClassifier`.
 
     Overrides ``forward`` (box branch only: masks / keypoints are not supported) and
-    ``postprocess_detections``. Extra per-box outputs at inference:
-
-    * ``ood_scores`` ``[N]``: the classifier's score (or :attr:`score_name`), higher = more ID;
-    * ``ood_scores_by_name``: ``{score: [N]}`` for every name in :attr:`extra_scores`;
-    * ``logits`` ``[N, K + 1]`` (core order) / ``features`` ``[N, D]`` if listed in
-      :attr:`extra_outputs`.
+    ``postprocess_detections``. Inference output per image (torchvision's keys plus two):
+    ``boxes [N, 4]``, ``labels [N]`` in ``0 .. K-1``, ``scores [N]`` (box confidence),
+    ``roi_conf [N]`` (the ROI's maximum foreground probability) and ``ood_scores``:
+    ``{score: [N]}`` for every score the head supports (higher = more ID). Nothing is toggled on
+    the module to choose scores.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if not isinstance(self.box_predictor, OODFastRCNNPredictor):
             raise TypeError(f"OODRoIHeads needs an OODFastRCNNPredictor, got {type(self.box_predictor).__name__}")
-        #: OOD score reported as ``ood_scores`` (None: the classifier's configured score)
-        self.score_name: Optional[str] = None
-        #: further scores to report per box (``ood_scores_by_name``)
-        self.extra_scores: Tuple[str, ...] = ()
-        #: raw per-box tensors to report: any of "logits", "features"
-        self.extra_outputs: Tuple[str, ...] = ()
 
     @property
     def classifier(self) -> OODBoxClassifier:
@@ -115,19 +110,6 @@ class OODRoIHeads(RoIHeads):
     def box_features(self, features: Dict[str, torch.Tensor], boxes: List[torch.Tensor], image_shapes) -> torch.Tensor:
         """``[sum_i R_i, D]`` box-head features of ``boxes`` (per image, transformed coordinates)."""
         return self.box_head(self.box_roi_pool(features, boxes, image_shapes))
-
-    def _per_roi_outputs(self, box_features: torch.Tensor, logits: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """OOD scores (and requested raw tensors) of every ROI, before box selection."""
-        head = self.classifier.head
-        name = self.score_name or self.classifier.score
-        out = {"ood_scores": head.ood_score(logits, features=box_features, score=name).float()}
-        for s in self.extra_scores:
-            out[f"score/{s}"] = head.ood_score(logits, features=box_features, score=s).float()
-        if "logits" in self.extra_outputs:
-            out["logits"] = logits
-        if "features" in self.extra_outputs:
-            out["features"] = box_features
-        return out
 
     # ------------------------------------------------------------------------ forward
     def forward(self, features, proposals, image_shapes, targets=None):
@@ -157,18 +139,18 @@ class OODRoIHeads(RoIHeads):
             return [], losses
 
         with torch.no_grad():
-            per_roi = self._per_roi_outputs(box_features, logits)
+            out = self.classifier.predict(box_features.flatten(start_dim=1), logits)
+            per_roi = {"roi_conf": out["roi_conf"], **{f"ood/{n}": v for n, v in out["ood_scores"].items()}}
             boxes, scores, labels, extras = self.postprocess_detections(
-                core_to_tv_logits(logits), box_regression, proposals, image_shapes, per_roi=per_roi
+                core_to_tv_logits(logits), box_regression, proposals, image_shapes, per_roi=per_roi,
+                probs=core_to_tv_logits(out["probs"]),
             )
         result = []
         for b, s, l, e in zip(boxes, scores, labels, extras):
-            r = {"boxes": b, "labels": l - 1, "scores": s}
-            by_name = {k[len("score/"):]: v for k, v in e.items() if k.startswith("score/")}
-            r.update({k: v for k, v in e.items() if not k.startswith("score/")})
-            if by_name:
-                r["ood_scores_by_name"] = by_name
-            result.append(r)
+            result.append({
+                "boxes": b, "labels": l - 1, "scores": s, "roi_conf": e["roi_conf"],
+                "ood_scores": {k[len("ood/"):]: v for k, v in e.items() if k.startswith("ood/")},
+            })
         return result, {}
 
     def postprocess_detections(
@@ -178,6 +160,7 @@ class OODRoIHeads(RoIHeads):
         proposals: List[torch.Tensor],
         image_shapes: List[Tuple[int, int]],
         per_roi: Optional[Dict[str, torch.Tensor]] = None,
+        probs: Optional[torch.Tensor] = None,
     ):
         """torchvision's box selection, carrying per-ROI tensors along with the boxes.
 
@@ -186,8 +169,10 @@ class OODRoIHeads(RoIHeads):
             box_regression: ``[R, (K + 1) * 4]``.
             proposals: per image ``[R_i, 4]``.
             image_shapes: per image (H, W).
-            per_roi: ``{name: [R, ...]}`` tensors indexed by ROI (e.g. ``ood_scores``); each kept
+            per_roi: ``{name: [R, ...]}`` tensors indexed by ROI (e.g. OOD scores); each kept
                 box gets the row of the ROI it came from.
+            probs: ``[R, K + 1]`` box confidences in torchvision order, when already computed
+                (default: the head's ``predict_probs`` of ``class_logits``).
 
         Returns:
             boxes, scores, labels (torchvision labels 1..K) per image, and per image a dict with
@@ -198,7 +183,7 @@ class OODRoIHeads(RoIHeads):
         num_classes = class_logits.shape[-1]
         boxes_per_image = [p.shape[0] for p in proposals]
         pred_boxes = self.box_coder.decode(box_regression, proposals)
-        pred_scores = self.box_predictor.predict_probs_tv(class_logits)
+        pred_scores = probs if probs is not None else self.box_predictor.predict_probs_tv(class_logits)
 
         roi_index = torch.arange(class_logits.shape[0], device=device)
         out_boxes, out_scores, out_labels, out_extras = [], [], [], []

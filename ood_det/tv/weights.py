@@ -18,6 +18,8 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
+from ..engine.checkpoint import load_checkpoint
+
 logger = logging.getLogger(__name__)
 
 _TV_CLS = "roi_heads.box_predictor.cls_score."
@@ -59,10 +61,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path} does not exist (MODEL.WEIGHTS / MODEL.BACKBONE.WEIGHTS)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"cannot read weights file {path}: {e}") from e
+    ckpt = load_checkpoint(path, require_model=False)
     if isinstance(ckpt, dict):
         for key in ("model", "state_dict"):
             if isinstance(ckpt.get(key), dict):

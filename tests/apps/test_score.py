@@ -395,7 +395,7 @@ def digits_video(tmp_path_factory):
 
 
 def test_real_model_video(smoke_run, digits_video, tmp_path, monkeypatch):
-    from ood_det.engine.predictor import Predictor
+    from ood_det.apps.predictor import Predictor
 
     out = tmp_path / "out"
     rc = score_app.main(["--config", smoke_run.config, "--weights", smoke_run.weights,

@@ -1,7 +1,8 @@
 """ood_det.config.base: defaults, _BASE_ inheritance, overrides, typo errors."""
 import pytest
 
-from ood_det.config import get_cfg, load_config
+from ood_det.apps.config import load_config
+from ood_det.config import get_cfg
 
 
 def _write(path, text):

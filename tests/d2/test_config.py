@@ -7,7 +7,7 @@ pytest.importorskip("detectron2", reason="detectron2 is not installed (it is on 
 
 from detectron2.config import get_cfg  # noqa: E402
 
-from ood_det.config import load_config  # noqa: E402
+from ood_det.apps.config import load_config  # noqa: E402
 from ood_det.d2 import add_ood_d2_config, get_ood_d2_cfg  # noqa: E402
 from ood_det.d2.config import resolve_device  # noqa: E402
 

@@ -68,8 +68,8 @@ def test_score_override(model):
 
 
 def test_checkpoint_through_the_engine_predictor(tmp_path):
-    from ood_det.engine.build import build_inference_model
-    from ood_det.engine.predictor import Predictor
+    from ood_det.tv.build import build_inference_model
+    from ood_det.apps.predictor import Predictor
 
     torch.manual_seed(1)
     cfg = make_tiny_cfg("isomaxplus")

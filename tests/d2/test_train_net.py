@@ -168,7 +168,7 @@ def test_cli_train_then_eval_only(tmp_path):
     evaluate (metrics.json, thresholds saved into model_final.pth), then --eval-only."""
     from pathlib import Path
 
-    from ood_det.engine.launch import main
+    from ood_det.apps.train import main
 
     root = Path(__file__).resolve().parents[2]
     cfg = str(root / "configs/Digits-OOD/d2/faster_rcnn_R_18_FPN_isomaxplus.yaml")

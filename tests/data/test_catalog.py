@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ood_det.data import catalog
+from ood_det.data import builtin, catalog, paths
 from ood_det.data.digits_ood import DigitsOODConfig, ensure_digits_ood
 from ood_det.data.voc import VOC_CLASS_NAMES
 
@@ -12,11 +12,11 @@ from .conftest import TINY_COCO, TINY_DIGITS, VOC07_IMAGES, coco_dict, write_coc
 @pytest.fixture
 def builtin_root(voc_root, monkeypatch):
     """Built-ins registered under a tiny tmp root (and the defaults restored afterwards)."""
-    monkeypatch.setenv(catalog.ENV_VAR, str(voc_root))
-    catalog.register_builtin_datasets()
+    monkeypatch.setenv(paths.ENV_VAR, str(voc_root))
+    builtin.register_builtin_datasets()
     yield voc_root
-    monkeypatch.delenv(catalog.ENV_VAR)
-    catalog.register_builtin_datasets()
+    monkeypatch.delenv(paths.ENV_VAR)
+    builtin.register_builtin_datasets()
 
 
 def test_register_get_metadata_names():
@@ -46,12 +46,12 @@ def test_register_get_metadata_names():
 
 
 def test_datasets_root(monkeypatch, tmp_path):
-    monkeypatch.setenv(catalog.ENV_VAR, str(tmp_path))
-    assert catalog.datasets_root() == tmp_path
-    monkeypatch.delenv(catalog.ENV_VAR)
-    repo = catalog.repo_root()
+    monkeypatch.setenv(paths.ENV_VAR, str(tmp_path))
+    assert paths.datasets_root() == tmp_path
+    monkeypatch.delenv(paths.ENV_VAR)
+    repo = paths.repo_root()
     assert repo is not None and (repo / "setup.py").is_file()
-    assert catalog.datasets_root() == repo / "datasets"
+    assert paths.datasets_root() == repo / "datasets"
 
 
 def test_builtin_names_and_metadata():
@@ -74,7 +74,7 @@ def test_builtin_names_and_metadata():
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
-    catalog.register_builtin_datasets(tmp_path)
+    builtin.register_builtin_datasets(tmp_path)
     try:
         with pytest.raises(catalog.DatasetNotFoundError) as e:
             catalog.get("coco_ood_val")
@@ -83,7 +83,7 @@ def test_missing_dataset_says_how_to_get_it(tmp_path):
         with pytest.raises(catalog.DatasetNotFoundError, match=r"VOC2007.*host.robots.ox.ac.uk"):
             catalog.get("voc_2007_test")
     finally:
-        catalog.register_builtin_datasets()
+        builtin.register_builtin_datasets()
 
 
 def test_voc_builtins_from_xml(builtin_root):
@@ -100,14 +100,14 @@ def test_voc_custom_from_vos_converted_json(tmp_path, monkeypatch):
     data = coco_dict([(1, "person"), (8, "airplane"), (20, "tv")], [("000005", "000005.jpg", 10, 10)],
                      [(0, "000005", 8, [1, 1, 3, 3], 0), (1, "000005", 20, [2, 2, 2, 2], 0)])
     write_coco(vos / "voc0712_train_all.json", data, vos / "JPEGImages")
-    catalog.register_builtin_datasets(tmp_path)
+    builtin.register_builtin_datasets(tmp_path)
     try:
         (rec,) = catalog.get("voc_custom_train")
         assert [a["category_id"] for a in rec["annotations"]] == [0, VOC_CLASS_NAMES.index("tvmonitor")]
         assert rec["annotations"][0]["bbox"] == [1.0, 1.0, 4.0, 4.0]
         assert rec["file_name"] == str(vos / "JPEGImages" / "000005.jpg")
     finally:
-        catalog.register_builtin_datasets()
+        builtin.register_builtin_datasets()
 
 
 def test_coco_ood_val_marks_everything_unknown(builtin_root):
@@ -125,7 +125,7 @@ def test_coco_ood_val_marks_everything_unknown(builtin_root):
 def test_digits_builtin_reuses_an_existing_dataset(builtin_root):
     cfg = DigitsOODConfig(**{**TINY_DIGITS, "id_digits": (3, 4, 5), "ood_digits": (8, 9)})
     ensure_digits_ood(builtin_root / "digits_ood", cfg, progress=False)
-    catalog.register_builtin_datasets()
+    builtin.register_builtin_datasets()
     assert catalog.metadata("digits_ood_val")["thing_classes"] == ["3", "4", "5"]
     manifest = json.loads((builtin_root / "digits_ood" / "manifest.json").read_text())
     ood = catalog.get("digits_ood_ood")  # reused: not regenerated with the default parameters

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ood_det.data import catalog
+from ood_det.data import builtin, catalog
 from ood_det.data.check import check_dataset, main
 from ood_det.data.digits_ood import DigitsOODConfig, ensure_digits_ood
 
@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def root(tmp_path):
-    catalog.register_builtin_datasets(tmp_path)
+    builtin.register_builtin_datasets(tmp_path)
     yield tmp_path
-    catalog.register_builtin_datasets()
+    builtin.register_builtin_datasets()
 
 
 def _coco_ood(root, categories):

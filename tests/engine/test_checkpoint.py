@@ -1,10 +1,15 @@
-"""ood_det.engine.checkpoint: round trip of model / optimizer / thresholds / regularizer state."""
+"""ood_det.engine.checkpoint: round trip of model / optimizer / thresholds / regularizer state, the
+metadata both backends write, and the check of a checkpoint against a config."""
 import pytest
 import torch
 
-from ood_det.config import load_config
-from ood_det.engine.build import build_model
+from ood_det.apps.config import load_config
+from ood_det.tv.build import build_model
 from ood_det.engine.checkpoint import (
+    CheckpointMismatchError,
+    check_metadata,
+    checkpoint_metadata,
+    evaluated_checkpoint_path,
     last_checkpoint,
     load_checkpoint,
     make_checkpoint,
@@ -12,8 +17,7 @@ from ood_det.engine.checkpoint import (
     save_checkpoint,
     save_model_state,
 )
-from ood_det.engine.datasets import get_train_dicts
-from ood_det.engine.train_loop import build_optimizer, build_scheduler
+from ood_det.tv.train import build_optimizer, build_scheduler, get_train_dicts
 from ood_det.scores import SCORE_NAMES
 from ood_det.tv.data import build_train_loader
 
@@ -53,7 +57,7 @@ def test_round_trip_with_thresholds_and_regularizer_state(tiny_cfg, tmp_path):
     # weights_only-loadable, plain python metadata
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert raw["ood_det"] == {"backend": "torchvision", "head": "softmax", "num_classes": 2,
-                              "class_names": ["square", "bar"], "score": "energy"}
+                              "class_names": ["square", "bar"], "score": "energy", "max_iter": 4}
     assert raw["iteration"] == 3 and isinstance(raw["cfg"], str)
 
     fresh = build_model(cfg, ["square", "bar"])
@@ -91,11 +95,52 @@ def test_save_model_state_keeps_training_state(tiny_cfg, tmp_path):
     model, opt, sched = _trained(cfg, steps=1)
     path = save_checkpoint(make_checkpoint(model, cfg, 1, opt, sched), str(tmp_path / "model_final.pth"))
     model.classifier.set_threshold("msp", 0.25)
-    save_model_state(model, cfg, path)
+    model.classifier.set_conf_threshold(0.625)
+    meta = checkpoint_metadata(cfg, model.classifier, model.class_names, conf_thresh=0.625)
+    save_model_state(model, cfg, path, meta)
     ck = load_checkpoint(path)
-    assert "optimizer" in ck and ck["iteration"] == 1
+    assert "optimizer" in ck and ck["iteration"] == 1 and ck["ood_det"]["conf_thresh"] == 0.625
     idx = SCORE_NAMES.index("msp")
     assert float(ck["model"]["roi_heads.box_predictor.classifier.thresholds"][idx]) == 0.25
+    assert float(ck["model"]["roi_heads.box_predictor.classifier.conf_thresh"]) == 0.625
+
+
+def test_checkpoint_without_conf_thresh_buffer_still_loads(tiny_cfg):
+    """Checkpoints written before the confidence threshold was a buffer load with it unset."""
+    model = build_model(tiny_cfg, ["square", "bar"])
+    state = model.state_dict()
+    del state["roi_heads.box_predictor.classifier.conf_thresh"]
+    fresh = build_model(tiny_cfg, ["square", "bar"])
+    fresh.classifier.set_conf_threshold(0.5)
+    fresh.load_state_dict(state, strict=True)
+    assert fresh.classifier.conf_threshold() is None
+
+
+def test_metadata_checked_against_the_config(tiny_cfg):
+    cfg = tiny_cfg
+    model = build_model(cfg, ["square", "bar"])
+    meta = checkpoint_metadata(cfg, model.classifier, ["square", "bar"])
+    check_metadata(meta, cfg, "c.yaml", "w.pth")  # matches: no error
+    check_metadata(None, cfg, "c.yaml", "w.pth")  # another tool's checkpoint: not checked here
+    other = dict(meta, head="isomax", num_classes=3)
+    with pytest.raises(CheckpointMismatchError) as e:
+        check_metadata(other, cfg, "c.yaml", "w.pth")
+    msg = str(e.value)
+    assert "'isomax'" in msg and "'softmax'" in msg and "w.pth" in msg and "c.yaml" in msg and "num_classes" in msg
+    with pytest.raises(ValueError, match="3 class names"):
+        checkpoint_metadata(cfg, model.classifier, ["a", "b", "c"])
+
+
+def test_evaluated_checkpoint_path(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    own = out / "model_0000009.pth"
+    own.write_bytes(b"x")
+    elsewhere = tmp_path / "theirs.pth"
+    elsewhere.write_bytes(b"x")
+    assert evaluated_checkpoint_path(str(out), str(own)) == str(own)
+    assert evaluated_checkpoint_path(str(out), str(elsewhere)) == str(out / "model_final.pth")
+    assert evaluated_checkpoint_path(str(out), None) == str(out / "model_final.pth")
 
 
 def test_bad_checkpoint_files(tmp_path):

@@ -5,7 +5,7 @@ import torch
 @pytest.fixture
 def tiny_model(tiny_opts):
     """``make(*overrides, class_names=...) -> (OODFasterRCNN, cfg)``: a very small model."""
-    from ood_det.config import load_config
+    from ood_det.apps.config import load_config
     from ood_det.tv.model import build_tv_model
 
     def make(*opts, class_names=("square", "bar")):

@@ -31,8 +31,11 @@ def test_predict_images_numpy_api(tiny_model):
     for o, im in zip(out, images):
         n = len(o["boxes"])
         assert o["boxes"].shape == (n, 4) and o["boxes"].dtype == np.float32
-        assert o["labels"].dtype == np.int64 and o["scores"].dtype == np.float32 and o["ood_scores"].dtype == np.float32
-        assert len(o["labels"]) == len(o["scores"]) == len(o["ood_scores"]) == n
+        assert o["labels"].dtype == np.int64 and o["scores"].dtype == np.float32
+        assert list(o["ood_scores"]) == [model.classifier.score]  # default: the configured score only
+        s = o["ood_scores"][model.classifier.score]
+        assert s.dtype == np.float32 and o["roi_conf"].dtype == np.float32
+        assert len(o["labels"]) == len(o["scores"]) == len(s) == len(o["roi_conf"]) == n
         if n:
             assert o["labels"].min() >= 0 and o["labels"].max() < 2
             assert o["boxes"][:, 2].max() <= im.shape[1] + 1e-3 and o["boxes"][:, 3].max() <= im.shape[0] + 1e-3
@@ -41,18 +44,24 @@ def test_predict_images_numpy_api(tiny_model):
         model.predict_images([np.zeros((8, 8), np.uint8)])
     with pytest.raises(ValueError, match="uint8"):
         model.predict_images([np.zeros((8, 8, 3), np.float32)])
+    with pytest.raises(ValueError, match="supported: msp, max_logit, energy"):
+        model.predict_images(images, scores=["mds"])
 
 
-def test_predict_images_energy_score_matches_logits(tiny_model):
+def test_predict_images_scores_equal_the_forward_outputs(tiny_model):
+    """predict_images returns, for the requested scores, exactly what forward computes (no module
+    attribute is changed to choose them)."""
     model, _ = tiny_model("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
     model.eval()
     img = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    model.roi_heads.extra_outputs = ("logits",)
     t = torch.from_numpy(img).permute(2, 0, 1).float() / 255
     with torch.no_grad():
         o = model([t])[0]
-    e = model.predict_images([img], score="energy")[0]
-    assert np.allclose(e["ood_scores"], torch.logsumexp(o["logits"][:, :2], -1).numpy(), atol=1e-5)
+    e = model.predict_images([img], scores=["energy", "msp"])[0]
+    assert list(e["ood_scores"]) == ["energy", "msp"]
+    for n in ("energy", "msp"):
+        assert np.allclose(e["ood_scores"][n], o["ood_scores"][n].numpy(), atol=1e-6)
+    assert np.allclose(e["roi_conf"], o["roi_conf"].numpy()) and np.allclose(e["boxes"], o["boxes"].numpy())
 
 
 def test_freeze_at_and_bad_backbone_keys(tiny_model):

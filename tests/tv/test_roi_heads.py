@@ -84,20 +84,32 @@ def test_postprocess_keeps_ood_scores_aligned_after_nms():
         assert torch.allclose(b, proposals[0][r])  # zero deltas: box = its ROI's proposal
 
 
-def test_eval_forward_returns_contiguous_labels_and_scores():
+def test_eval_forward_returns_every_score_of_its_roi():
+    """Each kept box carries the scores and the roi_conf of the ROI it came from, for every score
+    the head supports, recomputed here from that ROI's own logits."""
     torch.manual_seed(0)
     heads = make_heads(score_thresh=0.0).eval()
-    heads.extra_scores = ("energy",)
-    heads.extra_outputs = ("logits",)
+    torch.nn.init.zeros_(heads.box_predictor.bbox_pred.weight)  # box = its ROI's proposal
     feats = {"0": torch.randn(1, 4, 16, 16)}
     props = [torch.tensor([[0.0, 0.0, 8.0, 8.0], [4.0, 4.0, 15.0, 15.0]])]
     result, losses = heads(feats, props, [(16, 16)])
     assert losses == {}
     r = result[0]
-    assert r["labels"].min() >= 0 and r["labels"].max() < K
-    # recompute the score of each kept box from its own logits
-    assert torch.allclose(r["ood_scores"], torch.softmax(r["logits"][:, :K], -1).max(-1).values, atol=1e-6)
-    assert torch.allclose(r["ood_scores_by_name"]["energy"], torch.logsumexp(r["logits"][:, :K], -1), atol=1e-5)
+    assert set(r) == {"boxes", "labels", "scores", "roi_conf", "ood_scores"}
+    assert set(r["ood_scores"]) == set(heads.classifier.head.supported_scores)
+    assert r["labels"].min() >= 0 and r["labels"].max() < K and len(r["boxes"]) == 2 * K
+    with torch.no_grad():
+        logits, _ = heads.box_predictor.forward_core(heads.box_features(feats, props, [(16, 16)]))
+    probs = torch.softmax(logits, -1)
+    for i, box in enumerate(r["boxes"]):
+        roi = int((props[0] - box).abs().sum(1).argmin())
+        lg = logits[roi, :K]
+        assert float(r["ood_scores"]["msp"][i]) == pytest.approx(float(torch.softmax(lg, -1).max()), abs=1e-6)
+        assert float(r["ood_scores"]["energy"][i]) == pytest.approx(float(torch.logsumexp(lg, -1)), abs=1e-5)
+        assert float(r["ood_scores"]["max_logit"][i]) == pytest.approx(float(lg.max()), abs=1e-5)
+        assert float(r["roi_conf"][i]) == pytest.approx(float(probs[roi, :K].max()), abs=1e-6)
+        assert float(r["scores"][i]) == pytest.approx(float(probs[roi, int(r["labels"][i])]), abs=1e-6)
+    assert not hasattr(heads, "extra_scores") and not hasattr(heads, "score_name")
 
 
 @pytest.mark.parametrize("head", ["softmax", "isomaxplus"])

@@ -1,12 +1,12 @@
-"""ood_det.engine.launch: argument parsing, backend dispatch, eval-only, DDP (gloo, 2 processes)."""
+"""ood_det.apps.train: argument parsing, checks before any write, backend dispatch, eval-only,
+DDP (gloo, 2 processes)."""
 import os
 import sys
-import types
 
 import pytest
 import torch
 
-from ood_det.engine.launch import default_argument_parser, main
+from ood_det.apps.train import default_argument_parser, main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = os.path.join(REPO, "configs", "Digits-OOD", "smoke.yaml")
@@ -32,16 +32,48 @@ def test_typo_in_opts_is_reported():
 
 
 def test_detectron2_backend_dispatch(monkeypatch):
+    """BACKEND detectron2: the config is loaded once, in detectron2's schema, and handed over."""
     pytest.importorskip("detectron2")
-    called = {}
-    fake = types.ModuleType("ood_det.d2.train_net")
-    fake.main = lambda args: called.setdefault("args", args) and "d2-result"
-    monkeypatch.setitem(sys.modules, "ood_det.d2.train_net", fake)
-    import ood_det.d2 as d2pkg
+    import ood_det.d2.train_net as d2_train_net
 
-    monkeypatch.setattr(d2pkg, "train_net", fake, raising=False)
-    main(["--config", SMOKE, "--eval-only", "BACKEND", "detectron2"])
-    assert called["args"].eval_only and called["args"].config_file == SMOKE
+    called = {}
+    monkeypatch.setattr(d2_train_net, "main", lambda cfg, args: called.update(cfg=cfg, args=args) or "d2-result")
+    assert main(["--config", SMOKE, "BACKEND", "detectron2", "MODEL.DEVICE", "cpu"]) == "d2-result"
+    cfg = called["cfg"]
+    assert cfg.BACKEND == "detectron2" and "REGNET" in cfg.MODEL and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 5
+    assert called["args"].config_file == SMOKE and not called["args"].eval_only
+
+
+def test_unknown_backend_is_named():
+    from ood_det.apps.backends import get_backend
+
+    with pytest.raises(ValueError, match="BACKEND='caffe2'"):
+        get_backend("caffe2")
+    with pytest.raises(ValueError, match="caffe2"):
+        main(["--config", SMOKE, "BACKEND", "caffe2"])
+
+
+def test_cli_prints_one_line_errors(tmp_path, capsys):
+    """The command line reports a bad key / a missing file in one line, exit code 1, no traceback."""
+    from ood_det.apps.train import cli
+
+    assert cli(["--config", SMOKE, "SOLVER.MAX_ITERS", "3"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "SOLVER.MAX_ITERS" in err and "Traceback" not in err
+    assert cli(["--config", str(tmp_path / "nope.yaml")]) == 1
+    assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_cuda_without_gpu_fails_before_writing(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    out = tmp_path / "finished"
+    out.mkdir()
+    (out / "config.yaml").write_text("the finished run's config")
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        main(["--config", SMOKE, "MODEL.DEVICE", "cuda", "OUTPUT_DIR", str(out)])
+    assert (out / "config.yaml").read_text() == "the finished run's config"
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
 
 
 @pytest.mark.slow

@@ -5,12 +5,12 @@ unknown thresholds.
     >>> dets = p([rgb_uint8_hxwx3])            # one dict per image
     >>> unknown = dets[0]["ood_scores"] < p.threshold()
 
-Both backends work: the model comes from :func:`ood_det.engine.build.build_inference_model`,
-which builds the torchvision or the detectron2 model from ``cfg.BACKEND``.
+Both backends work: the model comes from the backend of ``cfg.BACKEND``
+(``build_inference_model``), and is used only through the inference contract
+``predict_images(images, scores=[...])`` (see :meth:`ood_det.tv.model.OODFasterRCNN.predict_images`).
 """
 from __future__ import annotations
 
-import inspect
 import os
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -18,11 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine.checkpoint import CheckpointMismatchError, check_metadata
 from ..scores import SCORE_NAMES
 
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint was trained for another model than the config describes."""
+__all__ = ["Predictor", "CheckpointMismatchError", "ThresholdNotSetError", "check_metadata", "find_box_classifier"]
 
 
 class ThresholdNotSetError(LookupError):
@@ -60,8 +59,8 @@ class Predictor:
     """Runs an inference model on RGB images and knows its classes, scores and thresholds.
 
     Args:
-        model: an object with ``predict_images(images, score=None)`` (see
-            :func:`ood_det.engine.build.build_inference_model`), in eval mode.
+        model: an object with ``predict_images(images, scores=None)`` (the inference contract of
+            both backends), in eval mode.
         class_names: the K known class names (default ``class_0 ...``).
         score: default OOD score (default: the model's configured score).
         source: where the model came from (for error messages), e.g. the checkpoint path.
@@ -70,13 +69,9 @@ class Predictor:
     def __init__(self, model, class_names: Optional[Sequence[str]] = None,
                  score: Optional[str] = None, source: str = "the model"):
         if not callable(getattr(model, "predict_images", None)):
-            raise TypeError(f"{type(model).__name__} has no predict_images(images, score=None)")
+            raise TypeError(f"{type(model).__name__} has no predict_images(images, scores=None)")
         self.model = model
         self.source = source
-        try:  # the torchvision model splits its input into batches of its own: make it one
-            self._batch_kw = "batch_size" in inspect.signature(model.predict_images).parameters
-        except (TypeError, ValueError):
-            self._batch_kw = False
         self.classifier = find_box_classifier(model)
         k = self.classifier.num_classes if self.classifier is not None else None
         if class_names is None:
@@ -111,6 +106,12 @@ class Predictor:
             raise ValueError(f"score {score!r} is not supported by the model's head "
                              f"({self.source}); supported: {', '.join(self.score_names)}")
         return score
+
+    @property
+    def conf_thresh(self) -> Optional[float]:
+        """The box-confidence threshold the evaluation stored (F1-optimal on ID validation), or
+        None: the scoring tool keeps boxes above it by default."""
+        return self.classifier.conf_threshold() if self.classifier is not None else None
 
     def threshold(self, score: Optional[str] = None, required: bool = True) -> Optional[float]:
         """Stored unknown threshold of ``score`` (default: :attr:`score`): a box is unknown when
@@ -156,15 +157,14 @@ class Predictor:
         score = self._check_score(score)
         if not images:
             return []
-        kwargs = {"batch_size": len(images)} if self._batch_kw else {}
-        outs = self.model.predict_images(images, score=score, **kwargs)
+        outs = self.model.predict_images(images, scores=[score])
         res = []
         for o in outs:
             res.append({
                 "boxes": _to_numpy(o["boxes"], np.float32).reshape(-1, 4),
                 "labels": _to_numpy(o["labels"], np.int64).reshape(-1),
                 "scores": _to_numpy(o["scores"], np.float32).reshape(-1),
-                "ood_scores": _to_numpy(o["ood_scores"], np.float32).reshape(-1),
+                "ood_scores": _to_numpy(o["ood_scores"][score], np.float32).reshape(-1),
             })
         return res
 
@@ -186,9 +186,9 @@ class Predictor:
                 loading); the message names both values and both files.
             RuntimeError / ValueError: an unreadable checkpoint or a bad config (named).
         """
-        from ..config.base import load_config
-        from .build import build_inference_model, build_model
-        from .checkpoint import load_checkpoint
+        from ..engine.checkpoint import load_checkpoint
+        from .backends import get_backend
+        from .config import load_config
 
         for what, p in (("config", config_path), ("checkpoint", weights_path)):
             if not os.path.isfile(p):
@@ -204,10 +204,7 @@ class Predictor:
         if device is not None:
             cfg.MODEL.DEVICE = str(device)
         cfg.MODEL.WEIGHTS = ""  # loaded below, strictly
-        if cfg.BACKEND == "torchvision":
-            model = build_model(cfg, class_names=names, load_weights=False).eval()
-        else:
-            model = build_inference_model(cfg)
+        model = get_backend(cfg.BACKEND).build_inference_model(cfg, class_names=names)
         if meta is None and cfg.BACKEND == "detectron2":
             model.load(weights_path)  # not ours (e.g. a detectron2 .pkl): its own loader
         else:
@@ -224,34 +221,3 @@ class Predictor:
         if names is None:
             names = getattr(model, "class_names", None)
         return cls(model, class_names=names, source=f"checkpoint {weights_path}")
-
-
-def check_metadata(meta: Optional[dict], cfg, config_path: str, weights_path: str) -> None:
-    """Compare a checkpoint's ``"ood_det"`` metadata with the config.
-
-    Checks ``backend`` (``cfg.BACKEND``), ``head`` (``cfg.MODEL.OOD.HEAD``), ``num_classes``
-    (``cfg.MODEL.ROI_HEADS.NUM_CLASSES``) and that ``class_names`` has ``num_classes`` entries.
-    Missing metadata (a checkpoint of another tool) is not checked here; the tensor shapes still
-    are, when the weights are loaded.
-
-    Raises:
-        CheckpointMismatchError: naming every differing value and both files.
-    """
-    if not meta:
-        return
-    expected = {
-        "backend": ("BACKEND", cfg.get("BACKEND", None)),
-        "head": ("MODEL.OOD.HEAD", cfg.MODEL.OOD.HEAD),
-        "num_classes": ("MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES),
-    }
-    bad = []
-    for key, (cfg_key, value) in expected.items():
-        if key in meta and value is not None and meta[key] != value:
-            bad.append(f"{key}: the checkpoint has {meta[key]!r}, the config's {cfg_key} is "
-                       f"{value!r}")
-    names = meta.get("class_names")
-    if names is not None and "num_classes" in meta and len(names) != meta["num_classes"]:
-        bad.append(f"class_names: {len(names)} names for num_classes={meta['num_classes']}")
-    if bad:
-        raise CheckpointMismatchError(
-            f"checkpoint {weights_path} does not match config {config_path}: " + "; ".join(bad))

@@ -3,6 +3,7 @@
 SGD with momentum, linear warm-up and multi-step decay (detectron2's ``WarmupMultiStepLR``
 schedule), automatic mixed precision on CUDA (``SOLVER.AMP.ENABLED``), and
 ``DistributedDataParallel`` when several processes run (see :mod:`ood_det.engine.launch`).
+Nothing is written to ``OUTPUT_DIR`` before the data, the model and the optimiser are built.
 Rank 0 writes ``model_XXXXXXX.pth`` every ``SOLVER.CHECKPOINT_PERIOD`` iterations and
 ``model_final.pth`` at the end, plus ``last_checkpoint`` (``--resume`` continues from it),
 ``log.txt`` and ``train_metrics.jsonl``. A non-finite loss stops training with
@@ -18,74 +19,19 @@ import math
 import os
 import random
 import time
+from typing import Dict, List
 
 import torch
 
-from . import comm
+from ..data import catalog
+from ..engine import comm
+from ..engine.checkpoint import last_checkpoint, load_checkpoint, make_checkpoint, restore, save_checkpoint, unwrap
+from ..engine.logger import console_through_tqdm
 from .build import build_model
-from .checkpoint import last_checkpoint, load_checkpoint, make_checkpoint, restore, save_checkpoint, unwrap
-from .datasets import get_class_names, get_train_dicts
 
 logger = logging.getLogger("ood_det")
 
 LOG_PERIOD = 20
-
-
-# --------------------------------------------------------------------------------- logging
-def setup_logging(output_dir: str, rank: int = 0, name: str = "ood_det") -> logging.Logger:
-    """Log ``name`` to ``output_dir/log.txt`` (rank 0; ``log_rank{r}.txt`` otherwise) and to the
-    console (rank 0, INFO). Calling it again replaces the handlers it added before."""
-    log = logging.getLogger(name)
-    log.setLevel(logging.DEBUG)
-    log.propagate = False
-    for h in list(log.handlers):
-        if getattr(h, "_ood_det", False):
-            log.removeHandler(h)
-            h.close()
-    fmt = logging.Formatter("[%(asctime)s %(name)s %(levelname)s] %(message)s", "%m/%d %H:%M:%S")
-    os.makedirs(output_dir, exist_ok=True)
-    fh = logging.FileHandler(os.path.join(output_dir, "log.txt" if rank == 0 else f"log_rank{rank}.txt"))
-    fh.setFormatter(fmt)
-    fh.setLevel(logging.DEBUG)
-    fh._ood_det = True
-    log.addHandler(fh)
-    if rank == 0:
-        sh = logging.StreamHandler()
-        sh.setFormatter(fmt)
-        sh.setLevel(logging.INFO)
-        sh._ood_det = True
-        log.addHandler(sh)
-    return log
-
-
-def _console_through_tqdm(log: logging.Logger):
-    """Route ``log``'s console handlers through ``tqdm.write`` (log lines appear above the progress
-    bar instead of breaking it); returns a function that undoes it."""
-    from tqdm import tqdm
-
-    class _TqdmHandler(logging.StreamHandler):
-        def emit(self, record):
-            try:
-                tqdm.write(self.format(record), file=self.stream)
-            except Exception:  # pragma: no cover - logging must never raise
-                self.handleError(record)
-
-    old = list(log.handlers)
-    new = []
-    for h in old:
-        if type(h) is logging.StreamHandler:
-            t = _TqdmHandler(h.stream)
-            t.setFormatter(h.formatter)
-            t.setLevel(h.level)
-            new.append(t)
-        else:
-            new.append(h)
-    log.handlers = new
-
-    def restore():
-        log.handlers = old
-
-    return restore
 
 
 def seed_all(seed: int) -> int:
@@ -146,6 +92,26 @@ def _to_device(batch, device):
     return images, targets
 
 
+def get_train_dicts(cfg) -> List[Dict]:
+    """DATASETS.TRAIN concatenated; unknown objects dropped from the targets later; images with no
+    known object removed when ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``."""
+    names = list(cfg.DATASETS.TRAIN)
+    if not names:
+        raise ValueError("DATASETS.TRAIN is empty: nothing to train on")
+    dicts = [d for n in names for d in catalog.get_dicts(n)]
+    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+        kept = [
+            d for d in dicts
+            if any(int(a["category_id"]) >= 0 and not a.get("iscrowd", 0) for a in d.get("annotations", []))
+        ]
+        if len(kept) < len(dicts):
+            logger.info("removed %d training image(s) without known objects", len(dicts) - len(kept))
+        if not kept:
+            raise ValueError(f"DATASETS.TRAIN {names}: no image has a known-class object")
+        dicts = kept
+    return dicts
+
+
 # ---------------------------------------------------------------------------------- train
 def train(cfg, resume: bool = False, model=None) -> str:
     """Train the torchvision detector of ``cfg``; returns the path of ``model_final.pth``.
@@ -154,19 +120,17 @@ def train(cfg, resume: bool = False, model=None) -> str:
         cfg: the config (torchvision backend).
         resume: continue from ``OUTPUT_DIR/last_checkpoint`` if it exists (training state and
             iteration restored); otherwise start from ``MODEL.WEIGHTS`` / scratch.
-        model: an already built model (tests); default: :func:`~ood_det.engine.build.build_model`.
+        model: an already built model (tests); default: :func:`~ood_det.tv.build.build_model`.
     """
     rank, world = comm.get_rank(), comm.get_world_size()
     out = cfg.OUTPUT_DIR
-    os.makedirs(out, exist_ok=True)
     seed = seed_all(cfg.SEED if cfg.SEED < 0 else cfg.SEED + rank)
     logger.info("training %s / %s on %d process(es), seed %d", cfg.MODEL.OOD.HEAD, cfg.BACKEND, world, seed)
-    if rank == 0:
-        with open(os.path.join(out, "config.yaml"), "w", encoding="utf-8") as f:
-            f.write(cfg.dump())
+    if cfg.SOLVER.IMS_PER_BATCH % world:
+        raise ValueError(f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH} is not divisible by {world} processes")
 
     dicts = get_train_dicts(cfg)
-    class_names = get_class_names(cfg.DATASETS.TRAIN, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    class_names = catalog.thing_classes(cfg.DATASETS.TRAIN, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
     final_path = os.path.join(out, "model_final.pth")
     ckpt_path = last_checkpoint(out) if resume else None
     if model is None:
@@ -181,6 +145,13 @@ def train(cfg, resume: bool = False, model=None) -> str:
     if ckpt_path is not None:
         start_iter = restore(load_checkpoint(ckpt_path), model, optimizer, scheduler, scaler)
         logger.info("resuming from %s at iteration %d", ckpt_path, start_iter)
+    elif resume:
+        logger.warning("--resume: no checkpoint in %s (no %s file): training from scratch", out, "last_checkpoint")
+    # everything is built and checked: only now is OUTPUT_DIR written to
+    if rank == 0:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "config.yaml"), "w", encoding="utf-8") as f:
+            f.write(cfg.dump())
     max_iter = int(cfg.SOLVER.MAX_ITER)
     if start_iter >= max_iter:
         logger.info("nothing to train: iteration %d >= SOLVER.MAX_ITER %d", start_iter, max_iter)
@@ -192,16 +163,13 @@ def train(cfg, resume: bool = False, model=None) -> str:
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
-
-    if cfg.SOLVER.IMS_PER_BATCH % world:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH} is not divisible by {world} processes")
     from ..tv.data import build_train_loader
 
     loader = build_train_loader(
         dicts,
         cfg.SOLVER.IMS_PER_BATCH // world,
-        # a resumed run draws a new (deterministic) image order
-        seed=(seed if cfg.SEED >= 0 else 0) + start_iter,
+        # one image order shared (and sharded) by all processes; a resumed run draws a new one
+        seed=max(int(cfg.SEED), 0) + start_iter,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         flip=cfg.INPUT.RANDOM_FLIP,
         rank=rank,
@@ -219,7 +187,7 @@ def train(cfg, resume: bool = False, model=None) -> str:
     model.train()
     t_start = time.perf_counter()
     it = start_iter
-    restore_console = _console_through_tqdm(logger)
+    restore_console = console_through_tqdm(logger)
     try:
         while it < max_iter:
             batch = next(data_iter)
@@ -276,9 +244,10 @@ def train(cfg, resume: bool = False, model=None) -> str:
                 comm.synchronize()
             if it < max_iter and eval_period > 0 and it % eval_period == 0:
                 if rank == 0:
-                    from .evaluate import evaluate_id
+                    from ..evaluation.driver import run_id_evaluation
+                    from .evaluation import TVProtocolBackend
 
-                    evaluate_id(cfg, unwrap(model))
+                    run_id_evaluation(cfg, TVProtocolBackend(model, cfg.DATALOADER.NUM_WORKERS))
                     model.train()
                 comm.synchronize()
     finally:

@@ -1,4 +1,5 @@
-"""ood_det.engine.evaluate: the smoke run end to end, post-fit, val ROIs, thresholds, skipped images."""
+"""ood_det.tv.evaluation + tv.train_net.evaluate: the smoke run end to end, post-fit, val ROIs,
+thresholds, skipped images."""
 import json
 import math
 import os
@@ -7,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from ood_det.config import load_config
-from ood_det.engine.build import build_inference_model, build_model
+from ood_det.apps.config import load_config
+from ood_det.tv.build import build_inference_model, build_model
 from ood_det.engine.checkpoint import load_checkpoint
-from ood_det.engine.evaluate import collect_val_rois, evaluate, post_fit
+from ood_det.evaluation.driver import post_fit
+from ood_det.tv.evaluation import TVProtocolBackend
+from ood_det.tv.train_net import evaluate
 from ood_det.scores import SCORE_NAMES
 
 torch.set_num_threads(1)
@@ -44,7 +47,7 @@ def test_smoke_config_end_to_end(smoke_run):
 
 def test_inference_model_from_smoke_checkpoint(smoke_run):
     from ood_det.data.io import read_image
-    from ood_det.engine.datasets import get_dicts
+    from ood_det.data.catalog import get_dicts
 
     cfg = load_config(smoke_run.config, smoke_run.opts + ["MODEL.WEIGHTS", smoke_run.weights])
     model = build_inference_model(cfg)
@@ -52,15 +55,20 @@ def test_inference_model_from_smoke_checkpoint(smoke_run):
     assert model.classifier.threshold() == pytest.approx(
         smoke_run.metrics["summary"]["digits_ood_smoke_ood"]["unknown_threshold"], rel=1e-6)
     rec = get_dicts("digits_ood_smoke_test")[0]
-    out = model.predict_images([read_image(rec["file_name"])])[0]
-    assert set(out) == {"boxes", "labels", "scores", "ood_scores"}
+    out = model.predict_images([read_image(rec["file_name"])], scores=["msp", "energy"])[0]
+    assert set(out) == {"boxes", "labels", "scores", "roi_conf", "ood_scores"}
+    assert set(out["ood_scores"]) == {"msp", "energy"}
     assert np.all(out["scores"] > cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
+    # the box's class score never exceeds its ROI's maximum foreground probability
+    assert np.all(out["roi_conf"] >= out["scores"] - 1e-6)
+    assert model.classifier.conf_threshold() == pytest.approx(
+        smoke_run.metrics["summary"]["digits_ood_smoke_ood"]["conf_thresh"], rel=1e-6)
 
 
 def test_collect_val_rois_are_labelled_like_training(tiny_cfg, tiny_detection_dataset):
     torch.manual_seed(0)
     model = build_model(tiny_cfg, ["square", "bar"])
-    logits, labels, feats = collect_val_rois(model, tiny_detection_dataset["val"])
+    logits, labels, feats = TVProtocolBackend(model).validation_rois("tiny_val")
     k = 2
     assert logits.shape == (len(labels), k + 1) and feats.shape == (len(labels), 32)
     assert labels.min() >= 0 and labels.max() == k and (labels < k).any()  # background and objects
@@ -69,7 +77,7 @@ def test_collect_val_rois_are_labelled_like_training(tiny_cfg, tiny_detection_da
     with torch.no_grad():
         assert torch.allclose(model.classifier(feats), logits, atol=1e-5)
     # deterministic for a seed
-    l2, lab2, _ = collect_val_rois(model, tiny_detection_dataset["val"])
+    l2, lab2, _ = TVProtocolBackend(model).validation_rois("tiny_val")
     assert torch.equal(lab2, labels) and torch.allclose(l2, logits)
 
 
@@ -80,7 +88,7 @@ def test_post_fit_calibrates_dismax(tiny_cfg, tiny_detection_dataset):
     model = build_model(cfg, ["square", "bar"])
     head = model.classifier.head
     assert not bool(head.calibrated)
-    info = post_fit(model, tiny_detection_dataset["val"])
+    info = post_fit(TVProtocolBackend(model), "tiny_val")
     assert bool(head.calibrated) and info["temperature"] == pytest.approx(float(head.temperature))
 
 

@@ -1,15 +1,12 @@
-"""ood_det.engine.datasets: catalog look-ups, class names, empty / missing datasets, smoke variant."""
+"""ood_det.data.builtin + catalog helpers: class names, empty / missing datasets, smoke variant."""
 import pytest
 import torch
 
-from ood_det.data import catalog
-from ood_det.engine.datasets import (
-    SMOKE_IMAGES,
-    get_class_names,
-    get_dicts,
-    get_train_dicts,
-)
-from ood_det.engine.train_loop import train
+from ood_det.data import builtin, catalog, paths
+from ood_det.data.builtin import SMOKE_IMAGES
+from ood_det.data.catalog import get_dicts
+from ood_det.data.catalog import thing_classes as get_class_names
+from ood_det.tv.train import get_train_dicts, train
 
 torch.set_num_threads(1)
 
@@ -34,7 +31,7 @@ def test_filter_empty_annotations(tiny_cfg, tiny_detection_dataset):
 def test_smoke_variant_is_generated_small(smoke_run):
     """The smoke run registered (and generated) the tiny DigitsOOD variant in a temporary root."""
     root = catalog.metadata("digits_ood_smoke_val")["root"]
-    assert not root.startswith(str(catalog.datasets_root()))
+    assert not root.startswith(str(paths.datasets_root()))
     for split, n in SMOKE_IMAGES.items():
         assert len(get_dicts(f"digits_ood_smoke_{split}")) == n
     assert catalog.metadata("digits_ood_smoke_ood")["distribution"] == "ood"
@@ -58,11 +55,11 @@ def test_empty_and_missing_datasets(tiny_cfg, tmp_path):
         catalog.remove("tiny_empty")
     # a built-in dataset whose directory is absent: the message names the path and how to get it
     (tmp_path / "no_datasets_here").mkdir()
-    root = catalog.register_builtin_datasets(tmp_path / "no_datasets_here")
+    root = builtin.register_builtin_datasets(tmp_path / "no_datasets_here")
     try:
         cfg.merge_from_list(["DATASETS.TRAIN", "('voc_2007_trainval',)", "MODEL.ROI_HEADS.NUM_CLASSES", "20"])
         with pytest.raises(FileNotFoundError) as e:
             train(cfg)
         assert str(root / "VOC2007") in str(e.value)
     finally:
-        catalog.register_builtin_datasets()
+        builtin.register_builtin_datasets()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ood_det.engine.predictor import (
+from ood_det.apps.predictor import (
     CheckpointMismatchError,
     Predictor,
     ThresholdNotSetError,
@@ -78,12 +78,12 @@ def test_call_matches_model_and_validates(predictor):
     images = digit_images(3)
     dets = predictor(images)
     assert len(dets) == 3
-    direct = predictor.model.predict_images(images, score=predictor.score)
+    direct = predictor.model.predict_images(images, scores=[predictor.score])
     for d, r in zip(dets, direct):
         assert d["boxes"].dtype == np.float32 and d["boxes"].shape == (len(d["labels"]), 4)
         assert d["labels"].dtype == np.int64
         np.testing.assert_allclose(d["boxes"], r["boxes"], rtol=1e-5, atol=1e-3)
-        np.testing.assert_allclose(d["ood_scores"], r["ood_scores"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(d["ood_scores"], r["ood_scores"][predictor.score], rtol=1e-5, atol=1e-5)
         assert ((d["labels"] >= 0) & (d["labels"] < 5)).all()
     # another score changes the OOD scores, not the boxes
     other = [s for s in predictor.score_names if s != predictor.score][0]
@@ -139,6 +139,18 @@ def test_no_stored_threshold(smoke_run, ckpt, tmp_path):
     with pytest.raises(ThresholdNotSetError, match="--threshold") as e:
         p.threshold()
     assert path in str(e.value) and "evaluation" in str(e.value)
+
+
+def test_stored_confidence_threshold(smoke_run, ckpt, tmp_path):
+    """The evaluation stored its F1 box-confidence threshold; the predictor exposes it (None for
+    an older checkpoint without the buffer)."""
+    p = Predictor.from_checkpoint(smoke_run.config, smoke_run.weights)
+    assert p.conf_thresh == pytest.approx(smoke_run.metrics["summary"]["digits_ood_smoke_ood"]["conf_thresh"], rel=1e-6)
+    assert ckpt["ood_det"]["conf_thresh"] == pytest.approx(p.conf_thresh, rel=1e-6)
+    old = dict(ckpt, model={k: v for k, v in ckpt["model"].items() if not k.endswith("classifier.conf_thresh")})
+    path = str(tmp_path / "old.pth")
+    torch.save(old, path)
+    assert Predictor.from_checkpoint(smoke_run.config, path).conf_thresh is None
 
 
 def test_check_metadata_unit():

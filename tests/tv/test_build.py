@@ -1,8 +1,8 @@
-"""ood_det.engine.build: backend dispatch, weights and class names from checkpoints."""
+"""ood_det.tv.build: the detector, its weights and class names from checkpoints."""
 import pytest
 import torch
 
-from ood_det.engine.build import build_inference_model, build_model, class_names_from_weights
+from ood_det.tv.build import build_inference_model, build_model, class_names_from_weights
 from ood_det.engine.checkpoint import make_checkpoint, save_checkpoint
 
 torch.set_num_threads(1)
@@ -24,12 +24,8 @@ def test_build_model_and_inference_model_from_checkpoint(tiny_cfg, tmp_path):
         assert torch.equal(v, inf.state_dict()[k]) or torch.isnan(v).any(), k
 
 
-def test_unknown_backend_and_weights(tiny_cfg, tmp_path):
+def test_missing_weights(tiny_cfg, tmp_path):
     cfg = tiny_cfg
-    cfg.BACKEND = "caffe2"
-    with pytest.raises(ValueError, match="BACKEND"):
-        build_model(cfg)
-    cfg.BACKEND = "torchvision"
     cfg.MODEL.WEIGHTS = str(tmp_path / "missing.pth")
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         build_model(cfg)

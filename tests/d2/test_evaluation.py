@@ -11,7 +11,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from ood_det.d2 import register_ood_datasets  # noqa: E402
-from ood_det.d2.evaluator import OODEvaluator, evaluate_ood  # noqa: E402
+from ood_det.d2.evaluation import OODEvaluator, evaluate_ood  # noqa: E402
 from ood_det.data import catalog  # noqa: E402
 
 from .conftest import make_tiny_cfg  # noqa: E402
