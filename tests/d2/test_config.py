@@ -9,7 +9,7 @@ from detectron2.config import get_cfg  # noqa: E402
 
 from ood_det.apps.config import load_config  # noqa: E402
 from ood_det.d2 import add_ood_d2_config, get_ood_d2_cfg  # noqa: E402
-from ood_det.d2.config import resolve_device  # noqa: E402
+from ood_det.engine.comm import resolve_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 VOC = sorted((ROOT / "configs" / "VOC-OOD").glob("faster_rcnn_*.yaml"))
@@ -99,17 +99,27 @@ def test_digits_d2_model_builds():
     from detectron2.modeling import build_model
 
     cfg = load_config(str(ROOT / "configs/Digits-OOD/d2/faster_rcnn_R_18_FPN_vos.yaml"))
-    assert resolve_device(cfg) in ("cpu", "cuda")
+    cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE).type
+    assert cfg.MODEL.DEVICE in ("cpu", "cuda")
     model = build_model(cfg)
     clf = model.roi_heads.box_predictor.box_classifier
     assert clf.head.name == "softmax" and clf.outlier_source.queue.shape == (5, 200, 256)
 
 
-def test_resolve_device():
-    cfg = get_ood_d2_cfg()
-    cfg.MODEL.DEVICE = "auto"
+def test_setup_resolves_the_device_like_the_torchvision_backend(tmp_path):
+    """One rule for both backends: "auto" -> cuda when available, "cuda" without CUDA is an error."""
+    import argparse
+
     import torch
 
-    assert resolve_device(cfg) == ("cuda" if torch.cuda.is_available() else "cpu") == cfg.MODEL.DEVICE
-    cfg.MODEL.DEVICE = "cpu"
-    assert resolve_device(cfg) == "cpu"
+    from ood_det.d2.train_net import setup
+
+    cfg = get_ood_d2_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    args = argparse.Namespace(config_file="", eval_only=True, resume=False, opts=[])
+    cfg.MODEL.DEVICE = "auto"
+    assert setup(cfg, args).MODEL.DEVICE == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cuda"
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            setup(cfg, args)

@@ -1,4 +1,5 @@
-"""OODEvaluator and the evaluate_ood driver on a tiny run (DigitsOOD smoke images)."""
+"""OODEvaluator and the shared protocol driven through D2ProtocolBackend on a tiny run (DigitsOOD
+smoke images)."""
 import json
 
 import numpy as np
@@ -11,7 +12,8 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from ood_det.d2 import register_ood_datasets  # noqa: E402
-from ood_det.d2.evaluation import OODEvaluator, evaluate_ood  # noqa: E402
+from ood_det.d2.evaluation import D2ProtocolBackend, OODEvaluator  # noqa: E402
+from ood_det.evaluation.driver import run_protocol  # noqa: E402
 from ood_det.data import catalog  # noqa: E402
 
 from .conftest import make_tiny_cfg  # noqa: E402
@@ -31,24 +33,29 @@ def _instances(n, fields):
 
 
 def test_process_collects_every_score():
-    ev = OODEvaluator("x", default_score="msp", distributed=False)
+    """Columns of ``ood_score_table`` are the head's supported scores, in order; ``roi_conf`` too."""
+    ev = OODEvaluator(("msp", "energy"), "x", distributed=False)
     ev.reset()
+    table = torch.tensor([[.1, 1.], [.2, 2.], [.3, 3.]])
     ev.process([{"image_id": 1}, {"image_id": "b"}],
-               [{"instances": _instances(3, {"ood_scores": torch.ones(3), "ood_score_msp": torch.tensor([.1, .2, .3]),
-                                             "ood_score_energy": torch.tensor([1., 2., 3.])})},
-                {"instances": _instances(0, {"ood_scores": torch.ones(0), "ood_score_msp": torch.ones(0),
-                                             "ood_score_energy": torch.ones(0)})}])
+               [{"instances": _instances(3, {"ood_scores": torch.ones(3), "ood_score_table": table,
+                                             "roi_conf": torch.tensor([.95, .8, .6])})},
+                {"instances": _instances(0, {"ood_scores": torch.ones(0), "ood_score_table": torch.ones(0, 2),
+                                             "roi_conf": torch.ones(0)})}])
     assert ev.evaluate() == {"ood_det": {"num_images": 2.0, "num_boxes": 3.0}}
     p = ev.predictions
     assert list(p) == [1, "b"] and set(p.score_names) == {"msp", "energy"}
     np.testing.assert_allclose(p[1]["ood_scores"]["energy"], [1, 2, 3])
+    np.testing.assert_allclose(p[1]["ood_scores"]["msp"], [.1, .2, .3], rtol=1e-6)
+    np.testing.assert_allclose(p[1]["roi_conf"], [.95, .8, .6], rtol=1e-6)
     np.testing.assert_allclose(p[1]["scores"], [0.9, 0.7, 0.5])
     assert p[1]["labels"].tolist() == [0, 1, 0] and p["b"]["boxes"].shape == (0, 4)
-    # a lone ood_scores field is stored under the default score name
-    ev.reset()
-    ev.process([{"image_id": 5}], [{"instances": _instances(2, {"ood_scores": torch.tensor([.4, .6])})}])
+    # a subset of the scores
+    ev = OODEvaluator(("msp", "energy"), "x", scores=["energy"], distributed=False)
+    ev.process([{"image_id": 5}], [{"instances": _instances(3, {"ood_score_table": table,
+                                                                "roi_conf": torch.ones(3)})}])
     ev.evaluate()
-    np.testing.assert_allclose(ev.predictions[5]["ood_scores"]["msp"], [.4, .6])
+    assert list(ev.predictions[5]["ood_scores"]) == ["energy"]
 
 
 @pytest.fixture
@@ -83,11 +90,11 @@ def test_evaluate_ood_tiny_run(tmp_path, tiny_sets):
     head = model.roi_heads.box_predictor.box_classifier.head
     assert not bool(head.calibrated)
 
-    m = evaluate_ood(cfg, model, output_dir=str(tmp_path))
+    m = run_protocol(cfg, D2ProtocolBackend(cfg, model), output_dir=str(tmp_path))
 
     assert bool(head.calibrated) and m["post_fit"]["temperature"] == pytest.approx(float(head.temperature))
     assert m["datasets"] == {"val": tiny_sets["val"], "test": tiny_sets["test"], "ood": [tiny_sets["ood"]],
-                             "mixed": [tiny_sets["mixed"]]}
+                             "mixed": [tiny_sets["mixed"]], "shift": []}
     res = m["results"][tiny_sets["ood"]]
     assert set(res["ood"]) == set(head.supported_scores)
     assert 0.0 <= res["detection"]["voc"]["map50"] <= 1.0
@@ -115,3 +122,5 @@ def test_evaluate_ood_tiny_run(tmp_path, tiny_sets):
         out = model([DatasetMapper(cfg, is_train=False)(d)])[0]["instances"]
     np.testing.assert_allclose(pid[d["image_id"]]["scores"], out.scores.numpy(), rtol=1e-5)
     np.testing.assert_allclose(pid[d["image_id"]]["ood_scores"]["mmles"], out.ood_scores.numpy(), rtol=1e-4, atol=1e-4)
+    # the box-confidence threshold went into the model too
+    assert clf.conf_threshold() == pytest.approx(res["conf_thresh"])

@@ -71,10 +71,9 @@ def test_ood_scores_follow_the_nan_filtering():
     assert not torch.equal(ood[filtered_rows], inst.ood_scores)
 
 
-def test_predictor_inference_with_nan_box_and_extra_scores():
+def test_predictor_inference_with_nan_box_and_every_score():
     torch.manual_seed(0)
     layer = OODFastRCNNOutputLayers(ShapeSpec(channels=D), box_classifier=build_head("softmax", D, K), **_kwargs())
-    layer.extra_score_names = ("msp", "energy")
     props = _proposals()
     feats = torch.randn(sum(len(p) for p in props), D)
     logits, deltas = layer(feats)
@@ -83,14 +82,17 @@ def test_predictor_inference_with_nan_box_and_extra_scores():
     insts, kept = layer.inference((logits, deltas), props, features=feats)
     msp = torch.softmax(logits[:, :K], dim=1).max(dim=1).values
     energy = torch.logsumexp(logits[:, :K], dim=1)
+    roi_conf = torch.softmax(logits, dim=1)[:, :K].max(dim=1).values
+    names = list(layer.box_classifier.head.supported_scores)
     offset = 0
     for inst, rows, p in zip(insts, kept, props):
         assert len(inst) > 0
         g = rows + offset  # global row of each output box
         assert 2 not in g.tolist()
         torch.testing.assert_close(inst.ood_scores, msp[g])
-        torch.testing.assert_close(inst.ood_score_msp, msp[g])
-        torch.testing.assert_close(inst.ood_score_energy, energy[g])
+        torch.testing.assert_close(inst.ood_score_table[:, names.index("msp")], msp[g])
+        torch.testing.assert_close(inst.ood_score_table[:, names.index("energy")], energy[g])
+        torch.testing.assert_close(inst.roi_conf, roi_conf[g])
         offset += len(p)
 
 
@@ -100,7 +102,7 @@ def test_matches_stock_detectron2_for_softmax_head():
     stock = FastRCNNOutputLayers(ShapeSpec(channels=D), **_kwargs())
     ours = OODFastRCNNOutputLayers(ShapeSpec(channels=D), box_classifier=build_head("softmax", D, K), **_kwargs())
     missing, unexpected = ours.load_state_dict(stock.state_dict(), strict=False)  # stock key names
-    assert not unexpected and all("iteration" in m or "thresholds" in m for m in missing)
+    assert not unexpected and all("iteration" in m or "thresholds" in m or "conf_thresh" in m for m in missing)
     feats = torch.randn(11, D)
     props = _proposals(with_gt=True)
     ps, po = stock(feats), ours(feats)

@@ -11,7 +11,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from ood_det.d2 import register_ood_datasets  # noqa: E402
-from ood_det.d2.train_net import Trainer, _normalize_args, add_ood_checkpointables  # noqa: E402
+from ood_det.d2.train_net import Trainer, add_ood_checkpointables  # noqa: E402
 
 from .conftest import make_tiny_cfg, random_batch  # noqa: E402
 
@@ -56,7 +56,8 @@ def test_regularizer_state_survives_a_checkpoint(tmp_path):
     # loadable with torch >= 2.6's default weights_only=True: tensors and plain values only
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert raw["ood_det"] == {"backend": "detectron2", "head": "dismax", "num_classes": 3,
-                              "class_names": ["class_0", "class_1", "class_2"], "score": "mmles"}
+                              "class_names": ["class_0", "class_1", "class_2"], "score": "mmles",
+                              "max_iter": cfg.SOLVER.MAX_ITER}
     assert "MODEL:" in raw["cfg"]
 
     torch.manual_seed(123)
@@ -146,20 +147,16 @@ def test_trainer_on_digits_and_resume(tmp_path, two_test_images):
     assert int(_ood_buffers(t2.model)["iteration"]) == 5
 
 
-def test_normalize_args():
-    a = _normalize_args(["--config", "x.yaml", "--eval-only", "SOLVER.MAX_ITER", "3"])
-    assert a.config_file == "x.yaml" and a.eval_only and a.opts == ["SOLVER.MAX_ITER", "3"]
-    b = _normalize_args(["--config-file", "y.yaml", "--num-gpus", "2", "--dist-url", "tcp://h:1"])
-    assert b.config_file == "y.yaml" and b.num_gpus == 2 and b.dist_url == "tcp://h:1" and b.opts == []
+def test_setup_refuses_torchvision_configs(tmp_path):
+    import argparse
 
+    from ood_det.config import get_cfg
+    from ood_det.d2.train_net import setup
 
-def test_main_refuses_torchvision_configs(tmp_path):
-    from ood_det.d2.train_net import main
-
-    cfg = tmp_path / "tv.yaml"
-    cfg.write_text("BACKEND: torchvision\n")
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
     with pytest.raises(ValueError, match="BACKEND"):
-        main(["--config", str(cfg), "OUTPUT_DIR", os.fspath(tmp_path)])
+        setup(cfg, argparse.Namespace(config_file="", eval_only=False, resume=False, opts=[]))
 
 
 @pytest.mark.slow
@@ -186,6 +183,10 @@ def test_cli_train_then_eval_only(tmp_path):
 
     assert float(stored[SCORE_NAMES.index("mds")]) == pytest.approx(thr)
     assert raw["iteration"] == 1 and "optimizer" in raw["trainer"]["_trainer"]
+    # the F1 box-confidence threshold is stored (buffer and metadata), as on the torchvision side
+    conf = metrics["summary"]["digits_ood_smoke_ood"]["conf_thresh"]
+    assert raw["ood_det"]["conf_thresh"] == pytest.approx(conf)
+    assert float(raw["model"]["roi_heads.box_predictor.cls_score.conf_thresh"]) == pytest.approx(conf)
 
     flat2 = main(["--config-file", cfg, "--eval-only", "MODEL.WEIGHTS", str(tmp_path / "model_final.pth")] + opts)
     assert flat2["summary/digits_ood_smoke_ood/auroc"] == pytest.approx(flat["summary/digits_ood_smoke_ood/auroc"])
@@ -196,7 +197,7 @@ def test_cli_train_then_eval_only(tmp_path):
 def test_cpu_multiprocess_training_is_refused(tmp_path):
     from pathlib import Path
 
-    from ood_det.d2.train_net import main
+    from ood_det.apps.train import main
 
     cfg = str(Path(__file__).resolve().parents[2] / "configs/Digits-OOD/d2/faster_rcnn_R_18_FPN_softmax.yaml")
     with pytest.raises(ValueError, match="one CUDA device per process"):
@@ -211,7 +212,7 @@ def test_two_process_cpu_evaluation(tmp_path):
     import json
     from pathlib import Path
 
-    from ood_det.d2.train_net import main
+    from ood_det.apps.train import main
     from ood_det.data import catalog
 
     root = Path(__file__).resolve().parents[2]
