@@ -118,7 +118,17 @@ def main(argv: Optional[Sequence[str]] = None):
     args.opts = list(args.opts or [])
     if args.opts and args.opts[0] == "--":
         args.opts = args.opts[1:]
-    cfg = prepare(args)
+    console = None
+    if not logger.handlers:  # what prepare() says reaches the console before the run's logging starts
+        console = logging.StreamHandler()
+        console.setFormatter(logging.Formatter("[%(asctime)s %(name)s %(levelname)s] %(message)s", "%m/%d %H:%M:%S"))
+        logger.addHandler(console)
+        logger.setLevel(logging.INFO)
+    try:
+        cfg = prepare(args)
+    finally:
+        if console is not None:
+            logger.removeHandler(console)
     return get_backend(cfg.BACKEND).main(cfg, args)
 
 

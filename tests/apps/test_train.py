@@ -97,3 +97,52 @@ def test_eval_only_reproduces_metrics(smoke_run, tmp_path):
     a = m["summary"]["digits_ood_smoke_ood"]
     b = smoke_run.metrics["summary"]["digits_ood_smoke_ood"]
     assert a["map50"] == pytest.approx(b["map50"], abs=1e-6) and a["fpr95"] == pytest.approx(b["fpr95"], abs=1e-6)
+
+
+def test_eval_only_refuses_a_checkpoint_of_another_head(smoke_run, tmp_path):
+    """Issue: --eval-only with a checkpoint of another head evaluated random prototypes and
+    rewrote model_final.pth / metrics.json. Now: refused before anything is written."""
+    import shutil
+
+    from ood_det.engine.checkpoint import CheckpointMismatchError
+
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run.output_dir, out)
+    weights = out / "model_final.pth"
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(CheckpointMismatchError) as e:
+        main(["--config", SMOKE, "--eval-only", "MODEL.OOD.HEAD", "isomax", "MODEL.WEIGHTS", str(weights),
+              "OUTPUT_DIR", str(out)])
+    msg = str(e.value)
+    assert "'isomax'" in msg and "'softmax'" in msg and "MODEL.OOD.HEAD" in msg
+    assert str(weights) in msg and SMOKE in msg
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before  # model_final.pth, metrics.json, config.yaml, log.txt untouched
+
+
+def test_resume_continues_the_stored_schedule(tmp_path, monkeypatch):
+    """Issue: --resume with a lower SOLVER.MAX_ITER "finished" at the current iteration. The
+    checkpoint knows its run's schedule: resume continues it unless the command line says otherwise."""
+    from ood_det.engine.checkpoint import load_checkpoint
+
+    monkeypatch.setenv("OOD_DET_DATASETS", str(tmp_path / "datasets"))
+    from ood_det.data.builtin import register_digits_ood_smoke
+
+    register_digits_ood_smoke(tmp_path / "datasets" / "smoke")
+    out = tmp_path / "run"
+    main(["--config", SMOKE, "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3", "OUTPUT_DIR", str(out)])
+    # simulate a run interrupted after iteration 3
+    (out / "model_final.pth").unlink()
+    (out / "last_checkpoint").write_text("model_0000002.pth")
+    short = tmp_path / "short.yaml"
+    short.write_text(f"_BASE_: {SMOKE}\nSOLVER:\n  MAX_ITER: 4\n")
+    main(["--config", str(short), "--resume", "OUTPUT_DIR", str(out)])
+    assert load_checkpoint(str(out / "model_final.pth"))["iteration"] == 6  # the stored schedule
+    log = (out / "log.txt").read_text()
+    assert "continuing the stored schedule SOLVER.MAX_ITER 6" in log
+    # an explicit command-line value wins, and is said
+    (out / "model_final.pth").unlink()
+    (out / "last_checkpoint").write_text("model_0000002.pth")
+    main(["--config", str(short), "--resume", "SOLVER.MAX_ITER", "5", "OUTPUT_DIR", str(out)])
+    assert load_checkpoint(str(out / "model_final.pth"))["iteration"] == 5
+    assert "SOLVER.MAX_ITER 5 from the command line (the checkpoint's run used 6)" in (out / "log.txt").read_text()
