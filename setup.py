@@ -33,8 +33,10 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout"],
-        # detectron2 itself must be installed from its repository (it is on no registry)
-        "d2": [],
+        # detectron2 itself must be installed from its repository (it is on no registry); these are
+        # its runtime dependencies, and setuptools < 82 for detectron2.model_zoo (pkg_resources)
+        "d2": ["setuptools<82", "iopath", "omegaconf", "hydra-core", "cloudpickle", "tabulate", "termcolor",
+               "yacs", "black"],
     },
     entry_points={
         "console_scripts": [

@@ -19,6 +19,13 @@ import numpy as np
 import pytest
 import torch
 
+from .require_d2 import (  # noqa: F401,E402  (hooks: OOD_DET_REQUIRE_D2=1 fails on a skipped detectron2 test)
+    pytest_collectreport,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = REPO / "configs" / "Digits-OOD" / "smoke.yaml"
 

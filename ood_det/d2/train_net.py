@@ -86,10 +86,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        from .inference import find_ood_predictor
+        from ..heads import get_head_class
 
-        head = find_ood_predictor(cls.build_model(cfg)).box_classifier.head
-        return OODEvaluator(head.supported_scores, dataset_name, output_dir=output_folder)
+        return OODEvaluator(get_head_class(cfg.MODEL.OOD.HEAD).supported_scores, dataset_name, output_dir=output_folder)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
