@@ -83,8 +83,9 @@ def collect_sources(
     """Expand the ``--input`` strings into sources, in the given order.
 
     Output names are the input's file name under ``output_dir``; a name already taken by an earlier
-    input gets a ``_2``, ``_3``, ... suffix. A file met twice (e.g. by a folder and a pattern) is
-    scored once. An input whose output would overwrite it (``--output`` is its folder) is skipped.
+    input, or whose path under ``output_dir`` is one of the input files (``--output`` is the folder
+    of an input, whichever), gets a ``_2``, ``_3``, ... suffix: no output ever replaces an input.
+    A file met twice (e.g. by a folder and a pattern) is scored once.
 
     Returns:
         ``(sources, skipped)``.
@@ -122,6 +123,7 @@ def collect_sources(
     seen = set()
     taken = set()
     out_real = os.path.realpath(output_dir)
+    inputs_real = {os.path.realpath(p) for k, p in files if k != "camera"}
     for kind, path in files:
         if kind == "camera":
             key = path
@@ -134,13 +136,9 @@ def collect_sources(
         seen.add(key)
         stem, ext = os.path.splitext(base)
         name, k = base, 1
-        while name.lower() in taken:
+        while name.lower() in taken or os.path.realpath(os.path.join(out_real, name)) in inputs_real:
             k += 1
             name = f"{stem}_{k}{ext}"
-        if kind != "camera" and os.path.realpath(os.path.join(out_real, name)) == key:
-            skipped.append(Skipped(path, "its output would overwrite it: choose an --output "
-                                         "folder other than the input's"))
-            continue
         taken.add(name.lower())
         cam = int(_CAMERA.match(path).group(1)) if kind == "camera" else None
         sources.append(Source(kind, path, name, camera=cam,

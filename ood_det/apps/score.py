@@ -28,7 +28,7 @@ and encoding overlap the model.
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import queue
 import sys
@@ -41,6 +41,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..engine import jsonio
+from ..engine.output_lock import OutputDirLock, OutputDirLockedError
 from .draw import draw_detections
 from .media import (
     Frame,
@@ -187,7 +189,7 @@ class ScoringRun:
                  output_dir: str, threshold: float, score: Optional[str] = None,
                  batch_size: int = 4, conf_thresh: float = DEFAULT_CONF_THRESH,
                  skipped: Sequence[Skipped] = (), progress: bool = True,
-                 queue_frames: Optional[int] = None):
+                 queue_frames: Optional[int] = None, conf_source: str = "given"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.predictor = predictor
@@ -198,6 +200,7 @@ class ScoringRun:
         self.score = score
         self.batch_size = int(batch_size)
         self.conf_thresh = float(conf_thresh)
+        self.conf_source = conf_source
         self.skipped: List[Skipped] = list(skipped)
         self.progress = progress
         cap = queue_frames or 2 * self.batch_size + 2
@@ -279,7 +282,7 @@ class ScoringRun:
         self.frames += 1
         self.boxes += n_box
         self.unknown += n_unk
-        line = json.dumps(frame_record(src, fr, h, w, recs, self.class_names)) + "\n"
+        line = jsonio.dumps(frame_record(src, fr, h, w, recs, self.class_names)) + "\n"
         if st.problem is None:
             bgr = fr.bgr if fr.bgr is not None else cv2.cvtColor(fr.image, cv2.COLOR_RGB2BGR)
             draw_detections(bgr, recs["boxes"], recs["labels"], recs["scores"],
@@ -395,8 +398,7 @@ class ScoringRun:
                                             else f"stopped by an error: {error!r}", st.frames))
         summary = self.summary()
         try:
-            with open(os.path.join(self.output_dir, SUMMARY_NAME), "w", encoding="utf-8") as f:
-                json.dump(summary, f, indent=2)
+            jsonio.write_json(summary, os.path.join(self.output_dir, SUMMARY_NAME), indent=2)
         except OSError as e:
             if error is None:
                 error = e
@@ -419,6 +421,7 @@ class ScoringRun:
             "score": self.score,
             "threshold": self.threshold,
             "conf_thresh": self.conf_thresh,
+            "conf_thresh_source": self.conf_source,
             "batch_size": self.batch_size,
             "seconds": round(self.seconds, 3),
             "frames_per_second": round(self.frames / self.seconds, 3) if self.seconds > 0 else None,
@@ -433,7 +436,8 @@ def format_summary(summary: dict, output_dir: str) -> str:
     lines = [
         f"scored {s['frames']} frames ({s['images']} image(s), {s['videos']} video(s)) in "
         f"{s['seconds']:.1f} s ({s['frames_per_second'] or 0:.1f} frames/s): {s['boxes']} boxes, "
-        f"{s['unknown_boxes']} unknown (OOD score {s['score']!s} < {s['threshold']:.6g})"
+        f"{s['unknown_boxes']} unknown (OOD score {s['score']!s} < {s['threshold']:.6g})",
+        f"boxes kept at confidence >= {s['conf_thresh']:.4g} ({s.get('conf_thresh_source', 'given')})",
     ]
     if s["interrupted"]:
         lines.append("interrupted: the outputs written so far are complete and closed")
@@ -466,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score", default=None, help="OOD score name (default: the model's)")
     p.add_argument("--batch-size", type=int, default=4, help="frames per model call (default 4)")
     p.add_argument("--conf-thresh", type=float, default=None,
-                   help=f"drop boxes with a lower box confidence (default {DEFAULT_CONF_THRESH})")
+                   help="drop boxes with a lower box confidence (default: the F1-optimal threshold the "
+                        f"evaluation stored in the checkpoint, else {DEFAULT_CONF_THRESH})")
     p.add_argument("--device", default=None,
                    help="torch device: cpu, cuda, cuda:1, auto (default: the config's "
                         "MODEL.DEVICE)")
@@ -495,10 +500,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.conf_thresh is not None and not 0.0 <= args.conf_thresh <= 1.0:
         return fail(f"--conf-thresh must be in [0, 1], got {args.conf_thresh}")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        return fail(f"--threshold must be a finite number, got {args.threshold}")
     try:
         prepare_output_dir(args.output)
-    except SetupError as e:
+        lock = OutputDirLock(args.output, "scoring").acquire()
+    except (SetupError, OutputDirLockedError) as e:
         return fail(str(e))
+    try:
+        return _score(args, lock)
+    finally:
+        lock.release()
+
+
+def _score(args, lock) -> int:
+    def fail(msg: str) -> int:
+        print(f"ood-det-score: error: {msg}", file=sys.stderr)
+        return EXIT_SETUP
+
     sources, skipped = collect_sources(args.input, args.output)
     for s in skipped:
         print(f"ood-det-score: skipping {s.input}: {s.reason}", file=sys.stderr)
@@ -518,10 +537,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("ood-det-score: interrupted before scoring began; nothing written",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    conf = args.conf_thresh if args.conf_thresh is not None else DEFAULT_CONF_THRESH
+    stored_conf = getattr(predictor, "conf_thresh", None)
+    if args.conf_thresh is not None:
+        conf, conf_source = args.conf_thresh, "--conf-thresh"
+    elif stored_conf is not None:
+        conf, conf_source = float(stored_conf), "checkpoint (F1-optimal on ID validation)"
+    else:
+        conf, conf_source = DEFAULT_CONF_THRESH, "default (the checkpoint stores none)"
+        print(f"ood-det-score: warning: the checkpoint stores no box-confidence threshold (run the "
+              f"evaluation to store one); using {DEFAULT_CONF_THRESH}", file=sys.stderr)
     run = ScoringRun(predictor, predictor.class_names, sources, args.output, threshold,
                      score=score, batch_size=args.batch_size, conf_thresh=conf,
-                     skipped=skipped, progress=not args.no_progress)
+                     skipped=skipped, progress=not args.no_progress, conf_source=conf_source)
     summary = run.run()
     print(format_summary(summary, args.output), file=sys.stderr)
     if summary["interrupted"]:

@@ -20,6 +20,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from ..config.validate import validate_config
 from ..engine.checkpoint import check_metadata, last_checkpoint, load_checkpoint, read_metadata
 from ..engine.comm import resolve_device
 from .backends import get_backend
@@ -92,12 +93,7 @@ def prepare(args) -> object:
     """The checked config of ``args``: loaded once, values validated, device available,
     ``--eval-only`` weights matching the config, ``--resume`` schedule applied. Writes nothing."""
     cfg = load_config(args.config_file or None, args.opts)
-    try:
-        from ..config.validate import validate_config
-    except ImportError:  # pragma: no cover - older trees
-        validate_config = None
-    if validate_config is not None:
-        validate_config(cfg)
+    validate_config(cfg)
     resolve_device(cfg.MODEL.DEVICE)  # "cuda" without CUDA is an error now, before any file is written
     if args.eval_only:
         weights = cfg.MODEL.WEIGHTS or os.path.join(cfg.OUTPUT_DIR, "model_final.pth")

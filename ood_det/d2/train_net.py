@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any, Dict, Optional, Sequence
@@ -26,6 +27,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..engine.checkpoint import checkpoint_metadata, evaluated_checkpoint_path
 from ..engine.comm import resolve_device
+from ..engine.output_lock import OutputDirLock
 from ..evaluation.driver import run_id_evaluation, run_protocol
 from .config import get_ood_d2_cfg
 from .datasets import register_ood_datasets
@@ -163,7 +165,14 @@ def setup(cfg, args):
 
 
 def run(cfg, args) -> Dict[str, float]:
-    """Train (unless ``args.eval_only``) and evaluate in this process; returns the flat metrics."""
+    """Train (unless ``args.eval_only``) and evaluate in this process, the main process holding the
+    output folder's lock; returns the flat metrics."""
+    lock = OutputDirLock(cfg.OUTPUT_DIR, "evaluation" if args.eval_only else "training")
+    with lock if comm.is_main_process() else contextlib.nullcontext():
+        return _run(cfg, args)
+
+
+def _run(cfg, args) -> Dict[str, float]:
     cfg = setup(cfg, args)
     if args.eval_only:
         model = Trainer.build_model(cfg)

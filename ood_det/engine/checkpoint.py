@@ -23,8 +23,12 @@ newest one, so an interrupted run resumes from it (``--resume``) losing at most 
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
+import shutil
+import zipfile
 from typing import Any, Dict, Optional, Sequence
 
 import torch
@@ -126,48 +130,118 @@ def make_checkpoint(model, cfg, iteration: int, optimizer=None, scheduler=None, 
     return ckpt
 
 
+def _write_failed(path: str, tmp: str, e: BaseException) -> OSError:
+    """The error of a failed checkpoint write: the partial file removed, the cause named."""
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    folder = os.path.dirname(path)
+    text = str(e)
+    full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text
+    if not full and ("iostream error" in text or "file write failed" in text or isinstance(e, OSError)):
+        try:  # torch's writer hides the errno: look at the disk
+            full = shutil.disk_usage(folder).free < (1 << 20)
+        except OSError:
+            pass
+    if full:
+        return OSError(errno.ENOSPC, f"no space left on {folder} while writing checkpoint {path}: nothing was "
+                                     "replaced (the previous checkpoint is kept) and the partial file was removed")
+    return OSError(getattr(e, "errno", None) or errno.EIO,
+                   f"could not write checkpoint {path} ({type(e).__name__}: {text}); the previous checkpoint is kept "
+                   "and the partial file was removed")
+
+
 def save_checkpoint(ckpt: Dict[str, Any], path: str, tag_last: bool = True) -> str:
-    """Write ``ckpt`` to ``path`` atomically; record it in ``last_checkpoint`` next to it."""
+    """Write ``ckpt`` to ``path`` atomically (temporary file in the same folder + rename); record it
+    in ``last_checkpoint`` next to it. A failed write (e.g. a full disk) removes the temporary
+    file, leaves the previous files untouched and raises ``OSError`` naming the path."""
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        raise _write_failed(path, tmp, e) from e
     if tag_last:
         last = os.path.join(os.path.dirname(path), LAST_CHECKPOINT)
-        with open(last + ".tmp", "w", encoding="utf-8") as f:
-            f.write(os.path.basename(path))
-        os.replace(last + ".tmp", last)
+        try:
+            with open(last + ".tmp", "w", encoding="utf-8") as f:
+                f.write(os.path.basename(path))
+            os.replace(last + ".tmp", last)
+        except OSError as e:
+            raise _write_failed(last, last + ".tmp", e) from e
     logger.info("saved checkpoint %s (iteration %s)", path, ckpt.get("iteration"))
     return path
 
 
+def _unreadable(path: str, e: BaseException) -> str:
+    """Why torch could not read ``path``, in words (never torch's advice to load with
+    ``weights_only=False``, which would run whatever code the file holds)."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    with open(path, "rb") as f:
+        head = f.read(8)
+    text = str(e)
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            return f"the file is truncated or damaged ({size} bytes: an incomplete write or copy?)"
+        if "Unsupported global" in text or "weights_only" in text.lower():
+            detail = next((ln.strip() for ln in text.splitlines() if "Unsupported global" in ln), "")
+            detail = detail.split(" was not an allowed global")[0].replace("WeightsUnpickler error: ", "")
+            return ("it holds pickled Python objects, which a checkpoint of tensors and plain values never "
+                    "does; loading it could run code, so it is refused" + (f" ({detail})" if detail else ""))
+        lines = [ln.strip() for ln in text.splitlines()
+                 if ln.strip() and "weights_only" not in ln and "WeightsUnpickler" not in ln]
+        return "it is damaged: " + (lines[0] if lines else type(e).__name__)
+    if head[:1] == b"\x80":
+        return ("it is a plain pickle file, not a checkpoint written by torch.save; unpickling it could run code, "
+                "so it is refused")
+    return f"it is not a PyTorch checkpoint (it starts with {head[:8]!r}; {size} bytes)"
+
+
 def load_checkpoint(path: str, require_model: bool = True) -> Dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; errors name the file. ``require_model``: it
-    must be a dict with a ``"model"`` entry."""
+    """Read a checkpoint with ``weights_only=True``; errors name the file and say why in words.
+    ``require_model``: it must be a dict with a ``"model"`` entry."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
+        raise RuntimeError(f"cannot read checkpoint {path}: {_unreadable(path, e)}") from None
     if require_model and (not isinstance(ckpt, dict) or "model" not in ckpt):
         raise ValueError(f"{path} is not an ood_det checkpoint (no 'model' entry)")
     return ckpt
 
 
+def _intact(path: str) -> bool:
+    """Cheap integrity check: a complete zip archive (torch's format) of non-zero size."""
+    return os.path.isfile(path) and os.path.getsize(path) > 0 and zipfile.is_zipfile(path)
+
+
 def last_checkpoint(output_dir: str) -> Optional[str]:
-    """Path named by ``output_dir/last_checkpoint`` if that file exists, else None."""
+    """The checkpoint ``--resume`` continues from: the one named by ``output_dir/last_checkpoint``,
+    or, when that file is missing or truncated, the newest intact periodic ``model_*.pth`` (with a
+    warning naming both); None when there is none."""
     tag = os.path.join(output_dir, LAST_CHECKPOINT)
     if not os.path.isfile(tag):
         return None
     with open(tag, "r", encoding="utf-8") as f:
         name = f.read().strip()
     path = os.path.join(output_dir, name)
-    if not os.path.isfile(path):
-        logger.warning("%s names %s, which does not exist; starting from scratch", tag, path)
-        return None
-    return path
+    if _intact(path):
+        return path
+    why = "does not exist" if not os.path.isfile(path) else "is truncated or damaged"
+    periodic = sorted((f for f in os.listdir(output_dir) if re.fullmatch(r"model_\d+\.pth", f)), reverse=True)
+    for f in periodic:
+        candidate = os.path.join(output_dir, f)
+        if candidate != path and _intact(candidate):
+            logger.warning("%s names %s, which %s; resuming from the newest intact checkpoint %s instead",
+                           tag, path, why, candidate)
+            return candidate
+    logger.warning("%s names %s, which %s, and no intact periodic checkpoint is left: starting from scratch",
+                   tag, path, why)
+    return None
 
 
 def restore(ckpt: Dict[str, Any], model, optimizer=None, scheduler=None, scaler=None, strict: bool = True) -> int:

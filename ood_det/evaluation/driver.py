@@ -26,7 +26,6 @@ dataset X with scores S" — and hands plain arrays over, the way a detectron2
 from __future__ import annotations
 
 import abc
-import json
 import logging
 import math
 import os
@@ -39,10 +38,11 @@ import torch
 from ..data import catalog
 from ..engine import comm
 from ..engine.checkpoint import checkpoint_metadata, save_model_state
+from ..engine.jsonio import write_json
 from .evaluator import Predictions, evaluate_ood_detection, format_table
 from .protocol import kept_ood_scores
 
-__all__ = ["ProtocolBackend", "split_roles", "post_fit", "run_protocol", "run_id_evaluation", "json_safe"]
+__all__ = ["ProtocolBackend", "split_roles", "post_fit", "run_protocol", "run_id_evaluation"]
 
 logger = logging.getLogger("ood_det")
 
@@ -129,22 +129,6 @@ def post_fit(backend: ProtocolBackend, dataset: str, seed: int = 0) -> Dict[str,
 
 
 # ---------------------------------------------------------------------------------- report
-def json_safe(x):
-    """``x`` with numpy values as python ones and non-finite floats as None (strict JSON)."""
-    if isinstance(x, dict):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        return x if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.ndarray):
-        return json_safe(x.tolist())
-    return x
-
-
 def _summary_row(r: Dict[str, Any], score: str) -> Dict[str, Any]:
     o = r.get("ood", {}).get(score, {})
     return {
@@ -165,13 +149,6 @@ def covariate_shift_rates(preds: Predictions, conf_thresh: float, thresholds: Di
         s = kept[n]
         out[n] = float(np.mean(s < thresholds[n])) if s.size else None
     return out
-
-
-def _write_json(obj, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(json_safe(obj), f, indent=1, allow_nan=False)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -283,7 +260,7 @@ def run_protocol(
         metrics["eval_seconds"] = round(time.perf_counter() - t0, 2)
         if output_dir:
             path = os.path.join(output_dir, "metrics.json")
-            _write_json(metrics, path)
+            write_json(metrics, path)
             logger.info("metrics written to %s", path)
         for key, r in metrics["results"].items():
             table = format_table(r)

@@ -13,7 +13,6 @@ are kept untouched.
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import math
 import os
@@ -26,6 +25,7 @@ import torch
 from ..data import catalog
 from ..engine import comm
 from ..engine.checkpoint import last_checkpoint, load_checkpoint, make_checkpoint, restore, save_checkpoint, unwrap
+from ..engine import jsonio
 from ..engine.logger import console_through_tqdm
 from .build import build_model
 
@@ -229,7 +229,7 @@ def train(cfg, resume: bool = False, model=None) -> str:
             if rank == 0 and (it % LOG_PERIOD == 0 or it == max_iter or it == start_iter + 1):
                 rec = {"iteration": it, "lr": lr, "total_loss": total, **logged,
                        "time": round(time.perf_counter() - t_start, 2)}
-                metrics_file.write(json.dumps(rec) + "\n")
+                metrics_file.write(jsonio.dumps(rec) + "\n")
                 metrics_file.flush()
                 logger.debug("iter %d: %s", it, rec)
                 if it % (LOG_PERIOD * 10) == 0 or it == max_iter:

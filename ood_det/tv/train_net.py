@@ -3,13 +3,15 @@
 
 * :func:`new_config`: the backend's config schema;
 * :func:`main`: train (unless ``--eval-only``) and evaluate, in one process or several
-  (``--num-gpus`` / ``torchrun``: DDP with gloo on CPUs, nccl on CUDA);
+  (``--num-gpus`` / ``torchrun``: DDP with gloo on CPUs, nccl on CUDA), holding the output
+  folder's lock (:class:`~ood_det.engine.output_lock.OutputDirLock`: one writer per folder);
 * :func:`evaluate`: the OOD protocol (:func:`ood_det.evaluation.driver.run_protocol`) on a
   checkpoint; rank 0 only;
 * :func:`build_inference_model`: the detector with ``predict_images``, for the scoring tool.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -21,6 +23,7 @@ from ..engine import comm
 from ..engine.checkpoint import evaluated_checkpoint_path
 from ..engine.launch import launch
 from ..engine.logger import setup_logging
+from ..engine.output_lock import OutputDirLock
 from ..evaluation.driver import run_protocol
 from .build import build_inference_model, build_model, class_names_from_weights
 from .evaluation import TVProtocolBackend
@@ -57,15 +60,17 @@ def run(cfg, eval_only: bool = False, resume: bool = False, argv: Sequence[str] 
     """Train (unless ``eval_only``) and evaluate in this process; the metrics on rank 0."""
     from .train import train
 
-    setup_logging(cfg.OUTPUT_DIR, comm.get_rank())
-    logger.info("command line: %s", " ".join(argv or sys.argv))
-    if eval_only:
-        weights = cfg.MODEL.WEIGHTS or os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-        metrics = evaluate(cfg, weights=weights) if comm.is_main_process() else None
-    else:
-        final = train(cfg, resume=resume)
-        metrics = evaluate(cfg, weights=final) if comm.is_main_process() else None
-    comm.synchronize()
+    lock = OutputDirLock(cfg.OUTPUT_DIR, "evaluation" if eval_only else "training")
+    with lock if comm.is_main_process() else contextlib.nullcontext():
+        setup_logging(cfg.OUTPUT_DIR, comm.get_rank())
+        logger.info("command line: %s", " ".join(argv or sys.argv))
+        if eval_only:
+            weights = cfg.MODEL.WEIGHTS or os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+            metrics = evaluate(cfg, weights=weights) if comm.is_main_process() else None
+        else:
+            final = train(cfg, resume=resume)
+            metrics = evaluate(cfg, weights=final) if comm.is_main_process() else None
+        comm.synchronize()
     return metrics
 
 

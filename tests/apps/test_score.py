@@ -322,8 +322,83 @@ def test_output_names_collide_and_never_overwrite_inputs(tmp_path):
         cv2.imwrite(str(d / "x.png"), frame_image(0))
     sources, skipped = collect_sources([str(a), str(b), str(a / "x.png")], str(tmp_path / "o"))
     assert [s.output for s in sources] == ["x.png", "x_2.png"]  # a/x.png given twice: once
+    # --output is the folder of an input: the output takes the next free name, never the input's
     sources, skipped = collect_sources([str(a)], str(a))
-    assert sources == [] and "overwrite" in skipped[0].reason
+    assert [s.output for s in sources] == ["x_2.png"] and not skipped
+    # issue: --input A B --output B wrote the annotated A/x.png over the original B/x.png
+    sources, skipped = collect_sources([str(a), str(b)], str(b))
+    assert [s.output for s in sources] == ["x_2.png", "x_3.png"] and not skipped
+
+
+def test_no_output_replaces_an_input_end_to_end(tmp_path, stub):
+    """--input A B --output B: both originals survive byte for byte, both are scored."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    cv2.imwrite(str(a / "x.png"), frame_image(1))
+    cv2.imwrite(str(b / "x.png"), frame_image(2))
+    before = {p: p.read_bytes() for p in (a / "x.png", b / "x.png")}
+    assert run_main("--input", a, b, "--output", b) == 0
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(x.name for x in b.iterdir() if x.suffix == ".png") == ["x.png", "x_2.png", "x_3.png"]
+    assert [r["output"] for r in read_jsonl(b)] == ["x_2.png", "x_3.png"]
+
+
+def test_non_finite_threshold_is_refused_and_json_is_strict(tmp_path, stub, capsys):
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), frame_image(3))
+    out = tmp_path / "out"
+    for bad in ("nan", "inf", "-inf"):
+        assert run_main("--input", img, "--output", out, f"--threshold={bad}") == score_app.EXIT_SETUP
+        assert "--threshold must be a finite number" in capsys.readouterr().err
+    assert not (out / "summary.json").exists()
+    # a model that returns a NaN score: the files stay strict JSON (null)
+    orig = StubPredictor.__call__
+
+    def nan_scores(self, images, score=None):
+        res = orig(self, images, score)
+        for r in res:
+            r["ood_scores"] = np.array([np.nan, 0.5], np.float32)
+        return res
+
+    stub["pred"].__class__ = type("NanStub", (StubPredictor,), {"__call__": nan_scores})
+    assert run_main("--input", img, "--output", out, "--conf-thresh", 0.1) == 0
+    for text in ((out / "summary.json").read_text(), (out / "detections.jsonl").read_text()):
+        assert "NaN" not in text and "Infinity" not in text
+    rec = read_jsonl(out)[0]
+    assert rec["detections"][0]["ood_score"] is None
+
+
+def test_stored_confidence_threshold_is_the_default(tmp_path, stub, capsys):
+    """The evaluation stores the F1-optimal box confidence; the tool uses it unless --conf-thresh."""
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), frame_image(3))
+    stub["pred"].conf_thresh = 0.2  # both stub boxes (0.9, 0.3) pass
+    out = tmp_path / "o1"
+    assert run_main("--input", img, "--output", out) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["conf_thresh"] == 0.2 and s["conf_thresh_source"].startswith("checkpoint") and s["boxes"] == 2
+    assert run_main("--input", img, "--output", tmp_path / "o2", "--conf-thresh", 0.5) == 0
+    s = json.loads((tmp_path / "o2" / "summary.json").read_text())
+    assert s["conf_thresh"] == 0.5 and s["conf_thresh_source"] == "--conf-thresh" and s["boxes"] == 1
+    stub["pred"].conf_thresh = None  # an older checkpoint: 0.5 with a warning
+    assert run_main("--input", img, "--output", tmp_path / "o3") == 0
+    assert "stores no box-confidence threshold" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o3" / "summary.json").read_text())["conf_thresh"] == 0.5
+
+
+def test_second_scoring_run_into_the_same_folder_is_refused(tmp_path, stub, capsys):
+    from ood_det.engine.output_lock import OutputDirLock
+
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), frame_image(3))
+    out = tmp_path / "out"
+    with OutputDirLock(str(out), "scoring"):
+        assert run_main("--input", img, "--output", out) == score_app.EXIT_SETUP
+        err = capsys.readouterr().err
+        assert "in use by another ood_det scoring" in err and str(os.getpid()) in err
+    assert not (out / "detections.jsonl").exists()
+    assert run_main("--input", img, "--output", out) == 0  # released: the next run works
 
 
 def test_draw_marks_unknown_boxes_distinctly():

@@ -156,3 +156,72 @@ def test_bad_checkpoint_files(tmp_path):
     assert last_checkpoint(str(tmp_path)) is None
     (tmp_path / "last_checkpoint").write_text("gone.pth")
     assert last_checkpoint(str(tmp_path)) is None
+
+
+class _PickledCode:
+    """Any class: torch.save pickles a reference to it, which weights_only loading refuses."""
+
+
+def test_unreadable_checkpoints_say_why_and_never_advise_weights_only_false(tmp_path):
+    torch.save({"model": {"a": torch.zeros(3)}}, tmp_path / "ok.pth")
+    good = (tmp_path / "ok.pth").read_bytes()
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "random.pth").write_bytes(bytes(range(200)))
+    (tmp_path / "trunc.pth").write_bytes(good[: len(good) // 2])
+    torch.save({"model": {}, "obj": _PickledCode()}, tmp_path / "code.pth")
+    expect = {"empty": "empty (0 bytes)", "random": "not a PyTorch checkpoint", "trunc": "truncated or damaged",
+              "code": "pickled Python objects"}
+    for name, words in expect.items():
+        with pytest.raises(RuntimeError) as e:
+            load_checkpoint(str(tmp_path / f"{name}.pth"))
+        msg = str(e.value)
+        assert f"{name}.pth" in msg and words in msg, msg
+        assert "weights_only=False" not in msg and "allowlist" not in msg
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """Issue: a full disk ended with 'basic_ios::clear: iostream error', no file named, and a partial
+    .tmp left behind. Now: 'no space left on <folder>', the partial file removed, the old one kept."""
+    import errno
+
+    import ood_det.engine.checkpoint as ck
+
+    path = tmp_path / "model_final.pth"
+    save_checkpoint({"model": {"w": torch.ones(2)}, "iteration": 1}, str(path))
+    before = path.read_bytes()
+
+    def half_then_full(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04" + b"\0" * 100)  # a partial write
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck.torch, "save", half_then_full)
+    with pytest.raises(OSError) as e:
+        save_checkpoint({"model": {"w": torch.zeros(2)}, "iteration": 2}, str(path))
+    assert e.value.errno == errno.ENOSPC and f"no space left on {tmp_path}" in str(e.value)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_final.pth"]
+
+    def torch_style_failure(obj, f):  # torch's C++ writer hides errno
+        open(f, "wb").write(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc] . unexpected pos; basic_ios::clear: iostream error")
+
+    monkeypatch.setattr(ck.torch, "save", torch_style_failure)
+    monkeypatch.setattr(ck.shutil, "disk_usage", lambda p: type("U", (), {"free": 0})())
+    with pytest.raises(OSError, match="no space left on"):
+        save_checkpoint({"model": {}}, str(tmp_path / "model_0000009.pth"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_final.pth"]
+
+
+def test_truncated_last_checkpoint_falls_back_to_the_previous_periodic_one(tmp_path, caplog):
+    import logging
+
+    for it in (3, 6):
+        save_checkpoint({"model": {}, "iteration": it}, str(tmp_path / f"model_{it - 1:07d}.pth"))
+    newest = tmp_path / "model_0000005.pth"
+    newest.write_bytes(newest.read_bytes()[:50])  # cut by a crash / a full disk
+    with caplog.at_level(logging.WARNING):
+        assert last_checkpoint(str(tmp_path)) == str(tmp_path / "model_0000002.pth")
+    assert "truncated" in caplog.text and "model_0000005.pth" in caplog.text and "model_0000002.pth" in caplog.text
+    (tmp_path / "model_0000002.pth").unlink()
+    assert last_checkpoint(str(tmp_path)) is None
