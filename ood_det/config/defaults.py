@@ -35,8 +35,15 @@ def add_ood_config(cfg):
     cfg.TEST.OOD.TPR = 0.95
     # dataset of held-out ID boxes used for thresholds / calibration ("" = first of DATASETS.TEST)
     cfg.TEST.OOD.VAL_DATASET = ""
-    # box-confidence threshold before OOD scoring: "f1" = VOS protocol (per-class F1-optimal,
-    # averaged, on ID val) or a number
+    # box-confidence threshold before OOD scoring: "f1" (per-class F1-optimal at IoU 0.5, averaged,
+    # on ID val), "f1_vos" (VOS's recipe: COCOeval over IoU .5:.95, rounded to 4 decimals) or a number
     cfg.TEST.OOD.CONF_THRESH = "f1"
+    # which confidence CONF_THRESH is compared with: "box" (the detection's class score) or
+    # "proposal" (the maximum foreground probability of its proposal, as VOS's evaluation code;
+    # the VOC-OOD configs use "f1_vos" + "proposal", VOS's recipe)
+    cfg.TEST.OOD.CONF_SOURCE = "box"
+    # headline ID accuracy of the summary: "voc_ap50" (VOC AP50, difficult ignored) or "coco_ap"
+    # (COCO AP@[.5:.95], difficult as ordinary GT: comparable with the VOS table's 48.9)
+    cfg.TEST.OOD.ID_METRIC = "voc_ap50"
     cfg.TEST.OOD.DUMP_SCORES = True
     return cfg

@@ -67,6 +67,8 @@ def validate_config(cfg) -> None:
                 bad.append(f"TEST.OOD.CONF_THRESH = {conf!r}: a number must be a finite confidence in [0, 1]")
         except (TypeError, ValueError):
             bad.append(f"TEST.OOD.CONF_THRESH = {conf!r}: expected 'f1', 'f1_vos' or a number in [0, 1]")
+    need("TEST.OOD.CONF_SOURCE", lambda v: v in ("box", "proposal"), "expected 'box' or 'proposal'")
+    need("TEST.OOD.ID_METRIC", lambda v: v in ("voc_ap50", "coco_ap"), "expected 'voc_ap50' or 'coco_ap'")
     steps = _get(cfg, "SOLVER.STEPS")
     max_iter = _get(cfg, "SOLVER.MAX_ITER")
     if steps is not None:

@@ -178,13 +178,20 @@ def _image_prediction(img: Hashable, p: Mapping, num_classes: Optional[int], whe
         if a.shape[0] != n:
             raise ValueError(f"{what}: ood_scores[{name!r}] has {a.shape[0]} values for {n} boxes")
         ood[name] = a
-    return {"boxes": boxes, "labels": labels.astype(np.int64), "scores": scores, "ood_scores": ood}
+    out = {"boxes": boxes, "labels": labels.astype(np.int64), "scores": scores, "ood_scores": ood}
+    if p.get("roi_conf") is not None:
+        rc = to_numpy(p["roi_conf"], f"{what} roi_conf").reshape(-1)
+        if rc.shape[0] != n:
+            raise ValueError(f"{what}: roi_conf has {rc.shape[0]} values for {n} boxes")
+        out["roi_conf"] = rc
+    return out
 
 
 def normalize_predictions(
     predictions: Any, num_classes: Optional[int] = None, where: str = "predictions"
 ) -> Dict[Hashable, dict]:
-    """``{image_id: {"boxes" [N,4], "labels" [N] int64, "scores" [N], "ood_scores" {name: [N]}}}``.
+    """``{image_id: {"boxes" [N,4], "labels" [N] int64, "scores" [N], "ood_scores" {name: [N]}}}``
+    (plus ``"roi_conf" [N]``, the box's proposal maximum foreground probability, when given).
 
     Accepts a mapping ``image_id -> per-image dict`` (e.g. :class:`~ood_det.evaluation.evaluator.
     Predictions`) or a sequence of per-image dicts that carry ``image_id``. ``labels`` may also be

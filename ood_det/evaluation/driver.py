@@ -39,7 +39,7 @@ from ..data import catalog
 from ..engine import comm
 from ..engine.checkpoint import checkpoint_metadata, save_model_state
 from ..engine.jsonio import write_json
-from .evaluator import Predictions, evaluate_ood_detection, format_table
+from .evaluator import Predictions, evaluate_ood_detection, format_table, summarize
 from .protocol import kept_ood_scores
 
 __all__ = ["ProtocolBackend", "split_roles", "post_fit", "run_protocol", "run_id_evaluation"]
@@ -129,21 +129,13 @@ def post_fit(backend: ProtocolBackend, dataset: str, seed: int = 0) -> Dict[str,
 
 
 # ---------------------------------------------------------------------------------- report
-def _summary_row(r: Dict[str, Any], score: str) -> Dict[str, Any]:
-    o = r.get("ood", {}).get(score, {})
-    return {
-        "map50": r.get("detection", {}).get("voc", {}).get("map50"),
-        **{m: o.get(m) for m in ("fpr95", "auroc", "aupr_in", "aupr_out")},
-        "unknown_threshold": r.get("unknown_threshold", {}).get(score),
-        "conf_thresh": r.get("conf_thresh"),
-    }
-
-
-def covariate_shift_rates(preds: Predictions, conf_thresh: float, thresholds: Dict[str, float]) -> Dict[str, Any]:
-    """Share of the boxes (confidence ``>= conf_thresh``) of ID images under a covariate shift
-    that each score flags unknown (score ``<`` its stored threshold); they should stay ID."""
+def covariate_shift_rates(preds: Predictions, conf_thresh: float, thresholds: Dict[str, float],
+                          conf_source: str = "box") -> Dict[str, Any]:
+    """Share of the boxes (kept at ``conf_thresh``, as the OOD metrics keep them) of ID images
+    under a covariate shift that each score flags unknown (score ``<`` its stored threshold);
+    they should stay ID."""
     names = [n for n in thresholds if thresholds[n] is not None and math.isfinite(thresholds[n])]
-    kept = kept_ood_scores(preds, conf_thresh, names, where="covariate-shift predictions")
+    kept = kept_ood_scores(preds, conf_thresh, names, where="covariate-shift predictions", conf_source=conf_source)
     out: Dict[str, Any] = {"num_boxes": int(kept[names[0]].size) if names else 0}
     for n in names:
         s = kept[n]
@@ -186,6 +178,8 @@ def run_protocol(
         raise ValueError(f"{len(names)} class names for a model of {clf.num_classes} classes "
                          "(MODEL.ROI_HEADS.NUM_CLASSES)")
     roles = split_roles(cfg, backend.distribution)
+    conf_source = str(cfg.TEST.OOD.get("CONF_SOURCE", "box"))
+    id_metric = str(cfg.TEST.OOD.get("ID_METRIC", "voc_ap50"))
     main = comm.is_main_process()
     if output_dir and main:
         os.makedirs(output_dir, exist_ok=True)
@@ -221,6 +215,7 @@ def run_protocol(
             results[key] = evaluate_ood_detection(
                 {k: dicts[v] for k, v in splits.items()}, {k: preds[v] for k, v in splits.items()}, names,
                 tpr=float(cfg.TEST.OOD.TPR), conf_thresh=cfg.TEST.OOD.CONF_THRESH, score_names=score_names,
+                conf_source=conf_source,
                 plot_dir=os.path.join(output_dir, "plots", key) if (output_dir and plots) else None,
             )
         first = results[targets[0] or roles["test"]]
@@ -228,7 +223,7 @@ def run_protocol(
                       if v is not None and math.isfinite(v)}
         c = first.get("conf_thresh")
         conf = float(c) if c is not None and math.isfinite(c) else None
-        shift = {n: covariate_shift_rates(preds[n], conf or 0.0, thresholds) for n in roles["shift"]}
+        shift = {n: covariate_shift_rates(preds[n], conf or 0.0, thresholds, conf_source) for n in roles["shift"]}
         metrics = {
             "backend": backend.name,
             "head": head.name,
@@ -238,7 +233,7 @@ def run_protocol(
             "datasets": {k: roles[k] for k in ("val", "test", "ood", "mixed", "shift")},
             "post_fit": fitted,
             "skipped_images": {k: v for k, v in skipped.items() if v},
-            "summary": {k: _summary_row(r, clf.score) for k, r in results.items()},
+            "summary": {k: summarize(r, clf.score, id_metric) for k, r in results.items()},
             "covariate_shift": shift,
             "results": results,
         }
@@ -263,7 +258,7 @@ def run_protocol(
             write_json(metrics, path)
             logger.info("metrics written to %s", path)
         for key, r in metrics["results"].items():
-            table = format_table(r)
+            table = format_table(r, id_metric)
             print(f"\n== {head.name} (score {clf.score}) | ID {roles['test']} vs OOD {key} ==\n{table}\n", flush=True)
             logger.debug("results vs %s:\n%s", key, table)
         for n, rates in metrics["covariate_shift"].items():

@@ -26,13 +26,14 @@ from typing import Any, Dict, Hashable, Iterable, Iterator, List, Mapping, Optio
 
 import numpy as np
 
+from ..engine import jsonio
 from ._common import _image_prediction, subset_dicts
 from .detection import evaluate_coco, evaluate_voc
 from .protocol import f1_optimal_threshold, kept_ood_scores, unknown_threshold
 from .ood_metrics import ood_metrics
 from .unknown import open_set_metrics, unknown_metrics
 
-__all__ = ["Predictions", "evaluate_ood_detection", "format_table", "flatten_results"]
+__all__ = ["Predictions", "evaluate_ood_detection", "format_table", "flatten_results", "summarize", "ID_METRICS"]
 
 _FORMAT = "ood_det.predictions"
 _VERSION = 1
@@ -72,11 +73,14 @@ class Predictions(_MappingABC):
             labels: ``[N]`` in ``0 .. K-1``.
             scores: ``[N]`` box confidence (what thresholding / NMS used).
             ood_scores: ``{score_name: [N]}``, higher = more in-distribution.
+            roi_conf: ``[N]`` the maximum foreground probability of the proposal each box came
+                from (VOS keeps a box for the OOD metrics when it reaches the confidence threshold).
         """
         if image_id in self._images:
             raise ValueError(f"Predictions.add: image {image_id!r} was already added")
         p = _image_prediction(
-            image_id, {"boxes": boxes, "labels": labels, "scores": scores, "ood_scores": ood_scores or {}},
+            image_id, {"boxes": boxes, "labels": labels, "scores": scores, "ood_scores": ood_scores or {},
+                       "roi_conf": roi_conf},
             None, "Predictions.add",
         )
         names = tuple(p["ood_scores"])
@@ -88,14 +92,12 @@ class Predictions(_MappingABC):
                 f"Predictions.add: image {image_id!r} has OOD scores {sorted(names)}, "
                 f"expected {sorted(self._score_names)}"
             )
-        if roi_conf is not None:
-            p["roi_conf"] = np.asarray(roi_conf, dtype=np.float64).reshape(-1)
         self._images[image_id] = p
 
     def merge(self, other: "Predictions") -> "Predictions":
         """Add every image of ``other`` (e.g. gathered from another process); returns self."""
         for img, p in other.items():
-            self.add(img, p["boxes"], p["labels"], p["scores"], p["ood_scores"])
+            self.add(img, p["boxes"], p["labels"], p["scores"], p["ood_scores"], p.get("roi_conf"))
         return self
 
     @classmethod
@@ -150,6 +152,8 @@ class Predictions(_MappingABC):
                 raise ValueError(f"Predictions.save({path}): image id {i!r} is not an int or a str")
         ids = [int(i) if isinstance(i, (int, np.integer)) else i for i in ids]
         names = list(self.score_names)
+        # roi_conf is saved when every image with boxes has it
+        with_rc = all("roi_conf" in p for p in self._images.values() if len(p["scores"]))
         fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=path.name + ".", suffix=".tmp")
         os.close(fd)
         try:
@@ -157,11 +161,12 @@ class Predictions(_MappingABC):
                 doc = {"format": _FORMAT, "version": _VERSION, "score_names": names, "images": [
                     {"image_id": i, "boxes": p["boxes"].tolist(), "labels": p["labels"].tolist(),
                      "scores": p["scores"].tolist(),
-                     "ood_scores": {n: self[i]["ood_scores"][n].tolist() for n in names}}
+                     "ood_scores": {n: self[i]["ood_scores"][n].tolist() for n in names},
+                     **({"roi_conf": p.get("roi_conf", np.zeros(0)).tolist()} if with_rc else {})}
                     for i, p in zip(ids, self._images.values())
                 ]}
                 with open(tmp, "w", encoding="utf-8") as f:
-                    json.dump(doc, f)
+                    f.write(jsonio.dumps(doc))
             else:
                 ps = [self[i] for i in self._images]
                 cat = lambda key, shape, dt: (np.concatenate([p[key] for p in ps]).astype(dt)  # noqa: E731
@@ -176,6 +181,9 @@ class Predictions(_MappingABC):
                 }
                 for j, n in enumerate(names):
                     arrays[f"ood_{j}"] = (np.concatenate([p["ood_scores"][n] for p in ps])
+                                          if ps else np.zeros(0))
+                if with_rc:
+                    arrays["roi_conf"] = (np.concatenate([p.get("roi_conf", np.zeros(0)) for p in ps])
                                           if ps else np.zeros(0))
                 with open(tmp, "wb") as f:
                     np.savez(f, **arrays)
@@ -198,7 +206,8 @@ class Predictions(_MappingABC):
                 raise ValueError(f"Predictions.load({path}): not an {_FORMAT} dump (format={doc.get('format')!r})")
             out = cls(doc.get("score_names") or None)
             for im in doc["images"]:
-                out.add(im["image_id"], im["boxes"], im["labels"], im["scores"], im.get("ood_scores"))
+                out.add(im["image_id"], im["boxes"], im["labels"], im["scores"], im.get("ood_scores"),
+                        im.get("roi_conf"))
             return out
         with np.load(path, allow_pickle=False) as z:
             try:
@@ -212,10 +221,12 @@ class Predictions(_MappingABC):
             ends = np.cumsum(counts)
             starts = ends - counts
             boxes, labels, scores = z["boxes"], z["labels"], z["scores"]
+            roi_conf = z["roi_conf"] if "roi_conf" in z.files else None
             ood = [z[f"ood_{j}"] for j in range(len(names))]
         out = cls(names or None)
         for i, a, b in zip(meta["image_ids"], starts, ends):
-            out.add(i, boxes[a:b], labels[a:b], scores[a:b], {n: o[a:b] for n, o in zip(names, ood)})
+            out.add(i, boxes[a:b], labels[a:b], scores[a:b], {n: o[a:b] for n, o in zip(names, ood)},
+                    None if roi_conf is None else roi_conf[a:b])
         return out
 
 
@@ -244,6 +255,7 @@ def evaluate_ood_detection(
     coco: bool = True,
     plot_dir: Optional[Union[str, os.PathLike]] = None,
     unknown_conf_thresh: Union[str, float] = 0.0,
+    conf_source: str = "box",
 ) -> Dict[str, Any]:
     """Full evaluation: ID mAP, the VOS OOD protocol, unknown-object and open-set metrics.
 
@@ -262,6 +274,9 @@ def evaluate_ood_detection(
         unknown_conf_thresh: box confidence a detection needs to count in the unknown-object and
             open-set metrics: 0 (default) counts every detection, as OpenDet does; ``"same"``
             uses the OOD protocol's ``conf_thresh``.
+        conf_source: which confidence ``conf_thresh`` is compared with for the OOD metrics and the
+            unknown thresholds: ``"box"`` (the box's class score) or ``"proposal"`` (the maximum
+            foreground probability of its proposal, ``roi_conf``, as VOS's code does).
 
     Returns:
         A nested dict (fractions in ``[0, 1]``)::
@@ -332,6 +347,7 @@ def evaluate_ood_detection(
             res["conf_thresh"], res["conf_thresh_source"] = float(t), f"{conf} on {src}"
             res["conf_thresh_per_class"] = det["per_class"]
     thr = res["conf_thresh"]
+    res["conf_source"] = conf_source
 
     # ---- scores
     if score_names is None:
@@ -354,7 +370,7 @@ def evaluate_ood_detection(
     elif score_names:
         if src == "test":
             notes.append("no 'val' predictions: unknown thresholds computed on 'test'")
-        vs = kept_ood_scores(pp[src], thr, score_names, where=f"{src} predictions")
+        vs = kept_ood_scores(pp[src], thr, score_names, where=f"{src} predictions", conf_source=conf_source)
         for n in score_names:
             if vs[n].size:
                 res["unknown_threshold"][n] = unknown_threshold(vs[n], tpr)
@@ -364,8 +380,8 @@ def evaluate_ood_detection(
     # ---- VOS OOD metrics
     res["ood"] = {}
     if "test" in pp and "ood" in pp and score_names:
-        ids = kept_ood_scores(pp["test"], thr, score_names, where="test predictions")
-        oods = kept_ood_scores(pp["ood"], thr, score_names, where="ood predictions")
+        ids = kept_ood_scores(pp["test"], thr, score_names, where="test predictions", conf_source=conf_source)
+        oods = kept_ood_scores(pp["ood"], thr, score_names, where="ood predictions", conf_source=conf_source)
         for n in score_names:
             if ids[n].size == 0 or oods[n].size == 0:
                 notes.append(f"score {n!r}: {ids[n].size} ID / {oods[n].size} OOD boxes above "
@@ -456,19 +472,53 @@ def _pct(v, width=7) -> str:
     return f"{100 * v:{width}.2f}"
 
 
-def format_table(results: Mapping[str, Any]) -> str:
-    """A plain-text summary of :func:`evaluate_ood_detection`'s result (percentages)."""
+ID_METRICS = ("voc_ap50", "coco_ap")
+
+
+def summarize(results: Mapping[str, Any], score: str, id_metric: str = "voc_ap50") -> Dict[str, Any]:
+    """The flat summary row of one OOD set for ``score`` (what metrics.json's ``summary`` holds).
+
+    ``id_metric`` names the headline ID accuracy ``id_map``: ``"voc_ap50"`` (VOC AP50, difficult
+    objects ignored) or ``"coco_ap"`` (COCO AP@[.5:.95] with difficult objects as ordinary ground
+    truth: the number the VOS table reports). Both are always in the row, labelled.
+    """
+    if id_metric not in ID_METRICS:
+        raise ValueError(f"id_metric must be one of {ID_METRICS} (TEST.OOD.ID_METRIC), got {id_metric!r}")
+    det = results.get("detection", {})
+    voc = det.get("voc", {}).get("map50")
+    coco = det.get("coco", {}).get("AP")
+    o = results.get("ood", {}).get(score, {})
+    return {
+        "id_metric": id_metric,
+        "id_map": coco if id_metric == "coco_ap" else voc,
+        "map50": voc,
+        "coco_ap": coco,
+        **{m: o.get(m) for m in ("fpr95", "auroc", "aupr_in", "aupr_out")},
+        "unknown_threshold": results.get("unknown_threshold", {}).get(score),
+        "conf_thresh": results.get("conf_thresh"),
+        "conf_source": results.get("conf_source", "box"),
+    }
+
+
+def format_table(results: Mapping[str, Any], id_metric: str = "voc_ap50") -> str:
+    """A plain-text summary of :func:`evaluate_ood_detection`'s result (percentages); the ID
+    metric ``id_metric`` (see :func:`summarize`) is printed first."""
     lines: List[str] = []
     det = results.get("detection")
     if det:
         v = det["voc"]
-        s = f"ID detection (test): VOC mAP50 {_pct(v['map50'], 0)} (VOC07 11-point {_pct(v['map50_07'], 0)})"
+        voc = f"VOC AP50 {_pct(v['map50'], 0)} (difficult ignored; VOC07 11-point {_pct(v['map50_07'], 0)})"
+        coco = ""
         if "coco" in det:
             c = det["coco"]
-            s += f" | COCO AP {_pct(c['AP'], 0)}  AP50 {_pct(c['AP50'], 0)}  AP75 {_pct(c['AP75'], 0)}"
-        lines.append(s)
+            coco = (f"COCO AP@[.5:.95] {_pct(c['AP'], 0)} (difficult as ordinary GT; AP50 {_pct(c['AP50'], 0)}, "
+                    f"AP75 {_pct(c['AP75'], 0)})")
+        parts = [coco, voc] if (id_metric == "coco_ap" and coco) else [voc, coco]
+        lines.append("ID detection (test): " + " | ".join(x for x in parts if x))
     if "conf_thresh" in results:
-        lines.append(f"box-confidence threshold: {results['conf_thresh']:.4f} ({results.get('conf_thresh_source', '')})")
+        src = results.get("conf_source", "box")
+        lines.append(f"box-confidence threshold: {results['conf_thresh']:.4f} ({results.get('conf_thresh_source', '')}), "
+                     f"compared with {'the proposal' if src == 'proposal' else 'the box'}'s confidence")
     nb = results.get("num_boxes", {})
     if nb:
         lines.append("boxes: " + ", ".join(f"{k} {v}" for k, v in nb.items()))

@@ -7,14 +7,17 @@ uses the opposite convention.)
 Reference definitions, reproduced to 1e-9 ties included, with ``y = [1]*n_id + [0]*n_ood`` and
 ``s = concat(id_scores, ood_scores)``:
 
-* ``fpr, tpr_, thr = sklearn.metrics.roc_curve(y, s, drop_intermediate=False)``;
-  ``k = np.searchsorted(tpr_, tpr)`` (the first operating point whose TPR reaches ``tpr``);
-  ``fpr95 = fpr[k]`` and ``threshold = thr[k]``. So ``threshold`` is the largest score ``t``
-  with ``mean(id_scores >= t) >= tpr`` and ``fpr95 = mean(ood_scores >= t)``. (With
-  ``drop_intermediate=True`` the FPR is the same but the threshold can be a lower score on the
-  same vertical ROC segment.) VOS / Hendrycks' ``fpr_and_fdr_at_recall`` picks the point whose
-  recall is *closest* to 0.95 instead of the first one reaching it; the two differ by at most one
-  tie group.
+* ``fpr95``: VOS's ``get_measures`` / Hendrycks' ``fpr_and_fdr_at_recall`` (the number the
+  published tables report): operating points at every distinct score from the highest down, up to
+  the first one whose recall (``tps / n_id``) reaches 1; among them the one whose recall is
+  **closest** to ``tpr``, and among equally close ones the one accepting the most OOD samples;
+  ``fpr95`` = its OOD acceptance rate. This is not the first point with recall ``>= tpr``: the two
+  can be far apart on small sets (ID ``1..20``, OOD ``[1.5, 30]``: the closest point accepts 100%
+  of OOD, the first point reaching 95% accepts 50%).
+* ``threshold``: the largest score ``t`` with ``mean(id_scores >= t) >= tpr`` (``fpr, tpr_, thr =
+  roc_curve(y, s, drop_intermediate=False)``, ``k = np.searchsorted(tpr_, tpr)``, ``thr[k]``): the
+  unknown threshold a deployment uses; ``fpr_at_threshold = mean(ood_scores >= threshold)``
+  (``fpr[k]``) is the OOD acceptance there.
 * ``auroc = roc_auc_score(y, s)``;
 * ``aupr_in = average_precision_score(y, s)``;
 * ``aupr_out = average_precision_score(1 - y, -s)``.
@@ -66,10 +69,10 @@ def ood_metrics(id_scores: Any, ood_scores: Any, tpr: float = 0.95) -> Dict[str,
         tpr: the TPR of the FPR operating point (0.95 for FPR95).
 
     Returns:
-        ``{"fpr95", "auroc", "aupr_in", "aupr_out", "threshold", "n_id", "n_ood"}``: fractions in
-        ``[0, 1]`` (``fpr95`` is the FPR at ``tpr`` whatever its value), the score threshold of
-        the FPR operating point, and the sample counts. See the module docstring for the exact
-        scikit-learn reference definitions.
+        ``{"fpr95", "auroc", "aupr_in", "aupr_out", "threshold", "fpr_at_threshold", "n_id",
+        "n_ood"}``: fractions in ``[0, 1]`` (``fpr95`` is VOS's FPR at ``tpr`` whatever its value),
+        the score keeping ``tpr`` of the ID samples and the OOD acceptance there, and the sample
+        counts. See the module docstring for the exact reference definitions.
 
     Raises:
         ValueError: empty input, NaN / inf values (naming the array and the count), bad ``tpr``.
@@ -96,10 +99,17 @@ def ood_metrics(id_scores: Any, ood_scores: Any, tpr: float = 0.95) -> Dict[str,
     twice_u = int(np.sum(d_fp * (tps + tps_prev)))
     auroc = twice_u / (2.0 * n_pos * n_neg)
 
-    # FPR at the first point with TPR >= tpr (TPR computed as sklearn does: tps / P in float64)
-    k = int(np.searchsorted(tps / float(n_pos), tpr))
-    fpr = fps[k] / float(n_neg)
+    # the threshold: first point with TPR >= tpr (TPR computed as sklearn does: tps / P in float64)
+    recall = tps / float(n_pos)
+    k = int(np.searchsorted(recall, tpr))
     threshold = float(s_desc[ends[k]])
+    # FPR95 as VOS / Hendrycks: points up to the first reaching recall 1, visited from there back
+    # to the highest score (then a (recall 1, fps 0) point, as their code appends), the recall
+    # closest to tpr, the first such in that order (= the most OOD accepted among equal ones)
+    last = int(np.searchsorted(tps, tps[-1]))
+    rec_r = np.append(recall[last::-1], 1.0)
+    fps_r = np.append(fps[last::-1], 0)
+    fpr = fps_r[int(np.argmin(np.abs(rec_r - tpr)))] / float(n_neg)
 
     # AUPR-In: sum over groups of delta-recall * precision, ID positive, ranking by s
     aupr_in = float(np.sum(d_tp * (tps / (tps + fps)))) / n_pos
@@ -115,6 +125,7 @@ def ood_metrics(id_scores: Any, ood_scores: Any, tpr: float = 0.95) -> Dict[str,
         "aupr_in": max(0.0, aupr_in),
         "aupr_out": max(0.0, aupr_out),
         "threshold": threshold,
+        "fpr_at_threshold": float(fps[k] / float(n_neg)),
         "n_id": int(n_pos),
         "n_ood": int(n_neg),
     }

@@ -11,12 +11,19 @@ synthesis", ICLR 2022; also used by SIREN, FFS, SAFE, SyncOOD).
 
 Differences from VOS' scripts, kept on purpose and documented here:
 
-* The F1 threshold of ``method="exact"`` uses the exact per-class precision/recall curve at IoU
-  0.5. VOS (ProbDet's ``compute_average_precision``) instead reads COCOeval's 101-point
-  interpolated precision averaged over the ten IoUs 0.5:0.95, takes the score at the F1 maximum of
-  each class, drops zeros and averages; it ran on the ID *test* set (VOC2007 test). That variant
-  is ``method="vos"`` here (0.5831 for VOS' R50).
-* Boxes are kept with ``confidence >= threshold``; VOS' script uses ``>``.
+* Two F1 recipes. ``method="exact"`` (``TEST.OOD.CONF_THRESH: f1``, the DigitsOOD default) uses
+  the exact per-class precision/recall curve at IoU 0.5. ``method="vos"`` (``f1_vos``, the VOC-OOD
+  configs' default, as VOS's ``compute_average_precision``) reads COCOeval's 101-point
+  interpolated precision and scores averaged over the ten IoUs 0.5:0.95 (area all, 100
+  detections), takes the score at the F1 maximum of each class, drops zeros, averages over
+  classes and rounds to 4 decimals; VOS ran it on the ID *test* set (VOC2007 test, there is no
+  held-out split); 0.5831 for VOS' R50.
+* Two box filters (``TEST.OOD.CONF_SOURCE``). ``"box"`` (DigitsOOD default): a detection enters the
+  OOD metrics when its own class score reaches the threshold. ``"proposal"`` (VOC-OOD default, as
+  VOS's code): when the maximum foreground probability of the proposal it came from (``roi_conf``)
+  does; a proposal's boxes of other classes then enter too.
+* Boxes are kept with ``confidence >= threshold``; VOS' script uses ``>`` (a measure-zero
+  difference for continuous scores).
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ import numpy as np
 from ._common import check_images, ground_truth, match_detections, normalize_predictions, pr_curve
 from .ood_metrics import ood_metrics, threshold_at_tpr
 
-__all__ = ["f1_optimal_threshold", "ood_boxes", "unknown_threshold", "kept_ood_scores"]
+__all__ = ["f1_optimal_threshold", "ood_boxes", "unknown_threshold", "kept_ood_scores", "CONF_SOURCES"]
 
 
 def _f1_exact(predictions, dataset_dicts, names, iou_thresh):
@@ -122,26 +129,43 @@ def f1_optimal_threshold(
         raise ValueError(f"f1_optimal_threshold: method must be 'exact' or 'vos', got {method!r}")
     valid = [v for v in thr.values() if v == v]
     t = float(np.mean(valid)) if valid else float("nan")
+    if method == "vos" and valid:
+        t = round(t, 4)  # as VOS's script (np.round(..., 4))
     if return_details:
         return {"threshold": t, "per_class": thr, "f1": f1, "method": method}
     return t
 
 
+CONF_SOURCES = ("box", "proposal")
+
+
 def kept_ood_scores(
     predictions: Any, conf_thresh: float = 0.0, score_names: Optional[Sequence[str]] = None,
-    where: str = "predictions",
+    where: str = "predictions", conf_source: str = "box",
 ) -> Dict[str, np.ndarray]:
-    """``{score_name: [M]}`` OOD scores of all boxes with confidence ``>= conf_thresh``.
+    """``{score_name: [M]}`` OOD scores of the boxes kept at ``conf_thresh``.
 
-    ``score_names``: the scores to collect (default: every score the first box-carrying image
-    has). A requested score missing from an image with boxes raises ``ValueError``.
+    ``conf_source``: ``"box"`` keeps a box when its own class score is ``>= conf_thresh``;
+    ``"proposal"`` (VOS's evaluation code) when the maximum foreground probability of the
+    proposal it came from (``roi_conf``) is. ``score_names``: the scores to collect (default: every
+    score the first box-carrying image has). A requested score missing from an image with boxes,
+    or ``roi_conf`` missing with ``"proposal"``, raises ``ValueError``.
     """
+    if conf_source not in CONF_SOURCES:
+        raise ValueError(f"conf_source must be one of {CONF_SOURCES} (TEST.OOD.CONF_SOURCE), got {conf_source!r}")
     preds = normalize_predictions(predictions, where=where)
     if score_names is None:
         score_names = next((list(p["ood_scores"]) for p in preds.values() if len(p["scores"])), [])
     out: Dict[str, list] = {n: [] for n in score_names}
     for img, p in preds.items():
-        keep = p["scores"] >= conf_thresh
+        if conf_source == "proposal":
+            if len(p["scores"]) and "roi_conf" not in p:
+                raise ValueError(f"{where}: image {img!r} has no roi_conf (the proposal's foreground probability), "
+                                 "which TEST.OOD.CONF_SOURCE 'proposal' needs: re-run the inference (dumps written "
+                                 "before it existed lack it) or use CONF_SOURCE 'box'")
+            keep = p.get("roi_conf", p["scores"]) >= conf_thresh
+        else:
+            keep = p["scores"] >= conf_thresh
         if not keep.any():
             continue
         for n in score_names:

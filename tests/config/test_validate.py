@@ -32,6 +32,8 @@ def test_defaults_and_shipped_configs_are_valid():
     ("TEST.OOD.TPR", 0.0, "strictly between 0 and 1"),
     ("TEST.OOD.CONF_THRESH", "nan", "finite confidence"),
     ("TEST.OOD.CONF_THRESH", "f2", "expected 'f1'"),
+    ("TEST.OOD.CONF_SOURCE", "roi", "expected 'box' or 'proposal'"),
+    ("TEST.OOD.ID_METRIC", "map", "expected 'voc_ap50' or 'coco_ap'"),
     ("INPUT.MIN_SIZE_TRAIN", (0,), "positive sizes"),
     ("INPUT.MAX_SIZE_TEST", 0, "positive size"),
     ("SOLVER.STEPS", (30, 20), "increasing"),

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from ood_det.evaluation import summarize
 from ood_det.evaluation import (
     Predictions,
     evaluate_ood_detection,
@@ -148,3 +149,35 @@ def test_only_predicted_images():
                                only_predicted_images=True, coco=False)
     sub = [d for d in dd["test"] if d["image_id"] in first]
     assert r["detection"]["voc"] == evaluate_voc(part, sub, NAMES)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".json"])
+def test_roi_conf_round_trip(tmp_path, suffix):
+    s = Predictions(["msp"])
+    s.add(1, [[0, 0, 5, 5], [1, 1, 4, 4]], [0, 1], [0.9, 0.2], {"msp": [0.5, 0.1]}, roi_conf=[0.9, 0.9])
+    s.add(2, np.zeros((0, 4)), [], [], {"msp": []}, roi_conf=[])
+    t = Predictions.load(s.save(tmp_path / f"p{suffix}"))
+    np.testing.assert_allclose(t[1]["roi_conf"], [0.9, 0.9])
+    assert t[2]["roi_conf"].shape == (0,)
+    # dumps without roi_conf (written before it existed) still load
+    u = Predictions(["msp"])
+    u.add(1, [[0, 0, 5, 5]], [0], [0.9], {"msp": [0.5]})
+    assert "roi_conf" not in Predictions.load(u.save(tmp_path / f"old{suffix}"))[1]
+    with pytest.raises(ValueError, match="roi_conf has 1 values for 2 boxes"):
+        s.add(3, [[0, 0, 5, 5], [1, 1, 4, 4]], [0, 1], [0.9, 0.2], {"msp": [0.5, 0.1]}, roi_conf=[0.9])
+
+
+def test_summarize_headline_and_both_id_metrics():
+    dd, pp = splits(1)
+    r = evaluate_ood_detection(dd, pp, NAMES, conf_thresh=0.3)
+    voc, coco = r["detection"]["voc"]["map50"], r["detection"]["coco"]["AP"]
+    a = summarize(r, "msp")
+    b = summarize(r, "msp", id_metric="coco_ap")
+    assert a["id_map"] == voc and b["id_map"] == coco and a["map50"] == b["map50"] == voc
+    assert a["coco_ap"] == coco and a["id_metric"] == "voc_ap50" and b["id_metric"] == "coco_ap"
+    assert a["fpr95"] == r["ood"]["msp"]["fpr95"] and a["conf_source"] == "box"
+    table = format_table(r, "coco_ap")
+    line = next(x for x in table.splitlines() if x.startswith("ID detection"))
+    assert line.index("COCO AP@[.5:.95]") < line.index("VOC AP50") and "difficult as ordinary GT" in line
+    with pytest.raises(ValueError, match="ID_METRIC"):
+        summarize(r, "msp", id_metric="map")

@@ -7,16 +7,40 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from ood_det.evaluation import ood_metrics, threshold_at_tpr
 
 
+def hendrycks_fpr(id_s, ood_s, recall_level=0.95):
+    """FPR at a recall level as Hendrycks' ``fpr_and_fdr_at_recall`` (used by VOS's ``get_measures``,
+    ID = positive) defines it, written here from that definition, loop by loop: operating points at
+    the distinct scores from the highest down until recall first reaches 1, visited in reverse
+    (then a (recall 1, fps 0) point), the first point of smallest |recall - level|."""
+    scores = np.r_[np.asarray(id_s, float), np.asarray(ood_s, float)]
+    is_id = np.r_[np.ones(len(id_s), bool), np.zeros(len(ood_s), bool)]
+    order = np.argsort(scores, kind="mergesort")[::-1]
+    scores, is_id = scores[order], is_id[order]
+    points = []  # (recall, fps) after each distinct score
+    tp = fp = 0
+    for i in range(len(scores)):
+        tp += int(is_id[i])
+        fp += int(not is_id[i])
+        if i == len(scores) - 1 or scores[i + 1] != scores[i]:
+            points.append((tp / float(is_id.sum()), fp))
+    last = next(j for j, (r, _) in enumerate(points) if r == points[-1][0])
+    visited = points[last::-1] + [(1.0, 0)]
+    best = min(range(len(visited)), key=lambda j: (abs(visited[j][0] - recall_level), j))
+    return visited[best][1] / float(len(ood_s))
+
+
 def reference(id_s, ood_s, tpr=0.95):
-    """The scikit-learn reference definitions (ID positive, higher = more ID)."""
+    """The reference definitions (ID positive, higher = more ID): VOS / Hendrycks' FPR, the
+    scikit-learn ROC point for the threshold, scikit-learn's AUROC / AUPR."""
     id_s, ood_s = np.asarray(id_s, float), np.asarray(ood_s, float)
     y = np.r_[np.ones(id_s.size), np.zeros(ood_s.size)]
     s = np.r_[id_s, ood_s]
     fpr, tpr_, thr = roc_curve(y, s, drop_intermediate=False)
     k = np.searchsorted(tpr_, tpr)
     return {
-        "fpr95": fpr[k],
+        "fpr95": hendrycks_fpr(id_s, ood_s, tpr),
         "threshold": thr[k],
+        "fpr_at_threshold": fpr[k],
         "auroc": roc_auc_score(y, s),
         "aupr_in": average_precision_score(y, s),
         "aupr_out": average_precision_score(1 - y, -s),
@@ -118,3 +142,26 @@ def test_bad_shape_and_tpr_raise():
     for t in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="tpr"):
             ood_metrics([1.0], [0.0], tpr=t)
+
+
+def test_fpr95_is_the_closest_recall_not_the_first_reaching_it():
+    """The issue's counter-example: ID 1..20, OOD [1.5, 30]. The recall closest to 95% (19/20
+    reached at 1.5) accepts both OOD samples; the first point reaching 95% (at 2) accepts one."""
+    got = assert_matches_reference(np.arange(1, 21), [1.5, 30])
+    assert got["fpr95"] == 1.0 and got["fpr_at_threshold"] == 0.5 and got["threshold"] == 2.0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_two_decimal_msp_like_scores_match_vos(seed):
+    """VOC-sized sets of 2-decimal MSP scores, where the two FPR definitions differ the most."""
+    rng = np.random.default_rng(1000 + seed)
+    id_s = np.round(rng.beta(5, 1.5, int(rng.integers(20, 2000))), 2)
+    ood_s = np.round(rng.beta(3, 2, int(rng.integers(20, 2000))), 2)
+    assert_matches_reference(id_s, ood_s)
+
+
+def test_closest_recall_tie_takes_the_most_ood():
+    """Two points equally close to the level: the one accepting more OOD wins (as VOS)."""
+    # recalls 0.5 (at 3) and 1.0 (at 1) are equally far from 0.75; OOD at 2 lies between them
+    got = ood_metrics([3, 1], [2, 0], tpr=0.75)
+    assert got["fpr95"] == 0.5 == hendrycks_fpr([3, 1], [2, 0], 0.75)

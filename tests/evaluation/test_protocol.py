@@ -90,3 +90,35 @@ def test_unknown_threshold_keeps_95_percent():
     y = np.r_[np.ones(v.size), np.zeros(3)]
     _, tpr, thr = roc_curve(y, np.r_[v, [0.0, 1.0, 2.0]], drop_intermediate=False)
     assert t == thr[np.searchsorted(tpr, 0.95)] == ood_metrics(v, [0.0, 1.0, 2.0])["threshold"]
+
+
+def test_f1_vos_threshold_by_hand_through_cocoeval():
+    """VOS's recipe: COCOeval's interpolated precision / scores averaged over IoU .5:.95 (all
+    detections here have IoU 1 or 0, so every IoU agrees), F1 maximum per class, mean over classes,
+    rounded to 4 decimals. Class a: 2 GT, TP .9, FP .8, TP .7: interpolated precision 1 up to
+    recall .5, 2/3 above; F1 = .667 at recall .5 (score .9) < .8 at recall 1 (score .7). Class b:
+    1 GT, TP .55555: F1 = 1 at score .55555. Mean .627775 -> .6278."""
+    dicts = [image(1, [(box(0, 0), 0), (box(30, 0), 0), (box(60, 0), 1)])]
+    preds = {1: {"boxes": [box(0, 0), box(0, 60), box(30, 0), box(60, 0)], "labels": [0, 0, 0, 1],
+                 "scores": [0.9, 0.8, 0.7, 0.55555]}}
+    d = f1_optimal_threshold(preds, dicts, ["a", "b"], method="vos", return_details=True)
+    assert d["per_class"]["a"] == pytest.approx(0.7) and d["per_class"]["b"] == pytest.approx(0.55555)
+    assert d["f1"]["a"] == pytest.approx(0.8) and d["f1"]["b"] == pytest.approx(1.0)
+    assert d["threshold"] == 0.6278  # rounded, exactly as VOS's script
+    # the exact IoU-0.5 recipe gives the unrounded mean of the same per-class optima here
+    assert f1_optimal_threshold(preds, dicts, ["a", "b"]) == pytest.approx(0.627775)
+
+
+def test_proposal_level_filter_uses_roi_conf():
+    """VOS keeps a box when its proposal's maximum foreground probability reaches the threshold,
+    not its own class score: a second-class box of a confident proposal enters, a confident-looking
+    box of a weak proposal cannot exist (roi_conf >= score), a box of a weak proposal stays out."""
+    p = {1: {"boxes": np.tile(box(0, 0), (3, 1)), "labels": [0, 1, 0], "scores": [0.8, 0.3, 0.2],
+             "roi_conf": [0.8, 0.8, 0.4], "ood_scores": {"msp": [1.0, 2.0, 3.0]}}}
+    assert kept_ood_scores(p, 0.5)["msp"].tolist() == [1.0]
+    assert kept_ood_scores(p, 0.5, conf_source="proposal")["msp"].tolist() == [1.0, 2.0]
+    del p[1]["roi_conf"]
+    with pytest.raises(ValueError, match="roi_conf"):
+        kept_ood_scores(p, 0.5, conf_source="proposal")
+    with pytest.raises(ValueError, match="CONF_SOURCE"):
+        kept_ood_scores(p, 0.5, conf_source="roi")
