@@ -1,134 +1,197 @@
 #!/usr/bin/env python
-"""DigitsOOD benchmark: train + evaluate every head with the same seeds, write a table.
+"""DigitsOOD benchmark that can rank OOD methods: every variant x several seeds, near- and far-OOD,
+covariate shift, paired comparisons against the baselines.
 
-    .venv/bin/python benchmarks/digits_ood.py                   # all heads, seed 0
-    .venv/bin/python benchmarks/digits_ood.py --seeds 0 1 2     # mean and std over seeds
-    .venv/bin/python benchmarks/digits_ood.py --heads softmax isomaxplus --no-readme
+    .venv/bin/python benchmarks/digits_ood.py                        # 8 variants x 5 seeds, 2 jobs
+    .venv/bin/python benchmarks/digits_ood.py --seeds 3 --variants softmax isomaxplus --jobs 1
 
-Each head is one config of ``configs/Digits-OOD`` run by ``tools/train_net.py`` in its own process
-(``OUTPUT_DIR = <out>/<head>/seed<seed>``, a finished run is reused unless ``--force``). The
-"softmax + energy" row is the softmax+MSP model scored with the energy score (the same trained
-network: ``energy.yaml`` only changes the score), unless ``--train-energy`` trains it separately.
-Results go to ``<out>/results.json`` and to the "DigitsOOD" section of ``benchmarks/README.md``
-(between the ``digits_ood`` marker comments; the rest of the file is left alone).
+Each variant is a config of ``configs/Digits-OOD`` run by ``tools/train_net.py`` in its own process
+(``OUTPUT_DIR = <out>/<variant>/seed<k>``; a run with a ``metrics.json`` is reused, so an
+interrupted benchmark resumes). ``--jobs 2`` runs two single-threaded processes side by side
+(about 1.5x the throughput of one two-threaded process on 2 cores). "softmax + energy" is the
+softmax network of the same seed scored with the energy score (post-hoc: no separate training).
+
+Per variant, mean ± standard deviation over seeds of: ID mAP50 (VOC AP50 on the ID test split),
+FPR95 / AUROC on near-OOD (``digits_ood_ood``: unknown digits) and on far-OOD (``digits_ood_far``:
+patches of real photographs), and the share of covariate-shifted ID boxes (``digits_ood_shift``)
+flagged unknown at the stored 95%-TPR threshold. Every seed trains every variant on the same data,
+so variants are compared pairwise per seed: a difference is marked real only when the mean paired
+difference exceeds twice its standard error. Writes ``<out>/results.json``, ``<out>/table.md``,
+the plot ``benchmarks/digits_ood_fpr95.png`` and the DigitsOOD section of ``benchmarks/README.md``
+(between its marker comments). Hyper-parameters are never chosen on these test splits: the
+validation splits ``digits_ood_val_ood`` / ``digits_ood_val_far`` exist for that.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import platform
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "Digits-OOD"
 README = REPO / "benchmarks" / "README.md"
+PLOT = REPO / "benchmarks" / "digits_ood_fpr95.png"
 BEGIN, END = "<!-- digits_ood:begin -->", "<!-- digits_ood:end -->"
+NEAR, FAR, SHIFT = "digits_ood_ood", "digits_ood_far", "digits_ood_shift"
+BASELINES = ("softmax", "energy")
 
-#: row name -> (config, label)
-HEADS = {
-    "softmax": ("softmax.yaml", "softmax + MSP"),
-    "energy": ("energy.yaml", "softmax + energy score"),
-    "vos": ("vos.yaml", "VOS (energy margin + virtual outliers)"),
-    "isomax": ("isomax.yaml", "IsoMax (entropic score)"),
-    "isomaxplus": ("isomaxplus.yaml", "IsoMax+ (min. distance)"),
-    "dismax": ("dismax.yaml", "DisMax + FPR (MMLES)"),
-    "cfl": ("cfl.yaml", "CFL + VOS outliers (cfl score)"),
-    "greg": ("greg.yaml", "GReg+ (energy score)"),
+#: variant -> (config, label, score override or None, trained run it reuses or None)
+VARIANTS: Dict[str, Tuple[str, str, Optional[str], Optional[str]]] = {
+    "softmax": ("softmax.yaml", "softmax + MSP", None, None),
+    "energy": ("softmax.yaml", "softmax + energy score", "energy", "softmax"),
+    "isomax": ("isomax.yaml", "IsoMax (entropic)", None, None),
+    "isomaxplus": ("isomaxplus.yaml", "IsoMax+ (min. distance)", None, None),
+    "dismax": ("dismax.yaml", "DisMax + FPR (MMLES)", None, None),
+    "cfl": ("cfl.yaml", "CFL (energy + representation)", None, None),
+    "vos": ("vos.yaml", "VOS (virtual outliers, energy)", None, None),
+    "greg": ("greg.yaml", "GReg+ (energy)", None, None),
 }
+METRICS = ("map50", "near_fpr95", "near_auroc", "far_fpr95", "far_auroc", "shift_flagged")
+LOWER_IS_BETTER = {"near_fpr95", "far_fpr95", "shift_flagged"}
 
 
-def run_one(head: str, seed: int, out: Path, force: bool, extra) -> dict:
-    cfg_file, _ = HEADS[head]
-    run_dir = out / head / f"seed{seed}"
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.is_file() and not force:
-        print(f"[{head} seed {seed}] reusing {metrics_file}", flush=True)
-    else:
-        cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config", str(CONFIGS / cfg_file),
-               "SEED", str(seed), "OUTPUT_DIR", str(run_dir), *extra]
-        print(f"[{head} seed {seed}] {' '.join(cmd)}", flush=True)
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, cwd=str(REPO))
-        (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
-    with open(metrics_file, encoding="utf-8") as f:
-        metrics = json.load(f)
-    import torch
-
-    ck = torch.load(run_dir / "model_final.pth", map_location="cpu", weights_only=True)
-    wall = run_dir / "wall_seconds.txt"
-    train_s = ck.get("train_seconds")
-    if train_s is None and (run_dir / "log.txt").is_file():  # older checkpoints: from the log
-        import re
-
-        found = re.findall(r"training done: \d+ iterations in ([\d.]+) s", (run_dir / "log.txt").read_text())
-        train_s = float(found[-1]) if found else None
-    return {
-        "metrics": metrics,
-        "train_seconds": train_s,
-        "wall_seconds": float(wall.read_text()) if wall.is_file() else None,
-    }
-
-
-def row_of(metrics: dict, score: str) -> dict:
-    ood_name = metrics["datasets"]["ood"][0]
-    r = metrics["results"][ood_name]
-    o = r.get("ood", {}).get(score, {})
-    return {
-        "map50": r.get("detection", {}).get("voc", {}).get("map50"),
-        "fpr95": o.get("fpr95"),
-        "auroc": o.get("auroc"),
-        "aupr": o.get("aupr_in"),
-        "n_id": o.get("n_id"),
-        "n_ood": o.get("n_ood"),
-    }
-
-
-def _mean_std(vals):
-    v = [x for x in vals if x is not None and not (isinstance(x, float) and math.isnan(x))]
+# ------------------------------------------------------------------------------ statistics
+def mean_std(values: Sequence[Optional[float]]) -> Tuple[Optional[float], Optional[float], int]:
+    """Mean and sample standard deviation (ddof 1) of the finite values, and their count."""
+    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
     if not v:
-        return None, None
+        return None, None, 0
     m = sum(v) / len(v)
-    s = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else None
-    return m, s
+    s = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else None
+    return m, s, len(v)
 
 
-def _fmt(m, s, pct=True):
+def paired(a: Sequence[Optional[float]], b: Sequence[Optional[float]]) -> Dict[str, Optional[float]]:
+    """Paired comparison of per-seed values ``a`` vs ``b`` (same seeds, same order): the mean of
+    ``a - b``, its standard error (std of the differences / sqrt(n)) and ``real`` = |mean| > 2 SE."""
+    d = [x - y for x, y in zip(a, b) if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
+    m, s, n = mean_std(d)
+    if m is None:
+        return {"diff": None, "se": None, "n": 0, "real": False}
+    se = s / math.sqrt(n) if s is not None else None
+    real = bool(se is not None and n >= 2 and abs(m) > 2 * se) or bool(se == 0.0 and m != 0.0)
+    return {"diff": m, "se": se, "n": n, "real": real}
+
+
+def run_row(metrics: dict, score: str) -> Dict[str, Optional[float]]:
+    """The benchmark's numbers of one run (one metrics.json) for ``score``."""
+    res = metrics.get("results", {}) if metrics else {}
+
+    def ood(name, key):
+        return res.get(name, {}).get("ood", {}).get(score, {}).get(key)
+
+    first = res.get(NEAR) or next(iter(res.values()), {})
+    shift = (metrics or {}).get("covariate_shift", {}).get(SHIFT, {})
+    return {
+        "map50": first.get("detection", {}).get("voc", {}).get("map50"),
+        "near_fpr95": ood(NEAR, "fpr95"), "near_auroc": ood(NEAR, "auroc"),
+        "far_fpr95": ood(FAR, "fpr95"), "far_auroc": ood(FAR, "auroc"),
+        "shift_flagged": shift.get(score),
+    }
+
+
+def aggregate(per_seed: Dict[str, List[Dict[str, Optional[float]]]]) -> Dict[str, dict]:
+    """``{variant: {metric: (mean, std, n)}}`` and the paired comparisons against the baselines."""
+    out = {}
+    for v, rows in per_seed.items():
+        out[v] = {"stats": {m: mean_std([r[m] for r in rows]) for m in METRICS}, "vs": {}}
+        for base in BASELINES:
+            if base in per_seed and base != v:
+                out[v]["vs"][base] = {m: paired([r[m] for r in rows], [r[m] for r in per_seed[base]])
+                                      for m in METRICS}
+    return out
+
+
+def _fmt(stat, pct=True) -> str:
+    m, s, _ = stat
     if m is None:
         return "-"
     f = 100.0 if pct else 1.0
     return f"{f * m:.1f}" + (f" ± {f * s:.1f}" if s is not None else "")
 
 
-def table(rows: dict, seeds) -> str:
-    lines = ["| head | score | ID mAP50 | FPR95 ↓ | AUROC ↑ | AUPR-In ↑ | train time (s) |",
-             "|---|---|---|---|---|---|---|"]
-    for head, r in rows.items():
-        lines.append(
-            f"| {HEADS[head][1]} | `{r['score']}` | {_fmt(*r['map50'])} | {_fmt(*r['fpr95'])} | "
-            f"{_fmt(*r['auroc'])} | {_fmt(*r['aupr'])} | {_fmt(*r['train_seconds'], pct=False)} |"
-        )
+def _cmp(p) -> str:
+    if p["diff"] is None:
+        return "-"
+    mark = " **real**" if p["real"] else ""
+    se = f" ± {100 * p['se']:.1f}" if p["se"] is not None else ""
+    return f"{100 * p['diff']:+.1f}{se}{mark}"
+
+
+def markdown(agg: Dict[str, dict], scores: Dict[str, str], n_seeds: int) -> str:
+    lines = [f"| variant | score | ID mAP50 | near FPR95 ↓ | near AUROC ↑ | far FPR95 ↓ | far AUROC ↑ | "
+             f"shift flagged ↓ |", "|---|---|---|---|---|---|---|---|"]
+    for v, a in agg.items():
+        s = a["stats"]
+        lines.append(f"| {VARIANTS[v][1]} | `{scores[v]}` | " + " | ".join(_fmt(s[m]) for m in METRICS) + " |")
+    lines += ["", f"Paired differences over {n_seeds} seeds (variant - baseline, percentage points, ± standard "
+              "error; **real** = |mean| > 2 SE):", "",
+              "| variant | vs | ΔmAP50 | Δnear FPR95 | Δfar FPR95 | Δshift flagged |", "|---|---|---|---|---|---|"]
+    for v, a in agg.items():
+        for base, c in a["vs"].items():
+            lines.append(f"| {VARIANTS[v][1]} | {VARIANTS[base][1]} | {_cmp(c['map50'])} | {_cmp(c['near_fpr95'])} | "
+                         f"{_cmp(c['far_fpr95'])} | {_cmp(c['shift_flagged'])} |")
     return "\n".join(lines)
 
 
-def verdict(rows: dict) -> str:
-    base = rows.get("softmax")
-    if not base or base["fpr95"][0] is None:
-        return "softmax + MSP missing: no comparison."
-    cands = {h: r for h, r in rows.items() if h != "softmax" and r["fpr95"][0] is not None}
-    if not cands:
-        return "no other head finished."
-    best = min(cands, key=lambda h: cands[h]["fpr95"][0])
-    b = cands[best]
-    ratio = b["fpr95"][0] / base["fpr95"][0] if base["fpr95"][0] > 0 else float("inf")
-    dmap = 100 * (b["map50"][0] - base["map50"][0])
-    ok = ratio <= 0.5 and dmap >= -1.0
-    return (f"Best FPR95: {HEADS[best][1]}, {100 * b['fpr95'][0]:.1f} vs {100 * base['fpr95'][0]:.1f} for "
-            f"softmax + MSP ({ratio:.2f}x), ID mAP50 {dmap:+.1f} points. Target (FPR95 at most half of MSP's, "
-            f"mAP50 at most 1 point lower): {'met' if ok else 'not met'}.")
+def plot(agg: Dict[str, dict], path: Path) -> Path:
+    """FPR95 per variant, near and far, mean ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(agg)
+    x = list(range(len(names)))
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 3.6))
+    for off, key, label in ((-0.18, "near_fpr95", "near-OOD (unknown digits)"),
+                            (0.18, "far_fpr95", "far-OOD (photographs)")):
+        m = [100 * (agg[n]["stats"][key][0] or float("nan")) for n in names]
+        e = [100 * (agg[n]["stats"][key][1] or 0.0) for n in names]
+        ax.bar([i + off for i in x], m, width=0.36, yerr=e, capsize=3, label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels([VARIANTS[n][1] for n in names], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("FPR95 (%) ↓")
+    ax.set_title("DigitsOOD: FPR95 per variant, mean ± std over seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# -------------------------------------------------------------------------------------- runs
+def run_one(variant: str, seed: int, out: Path, opts: Sequence[str], threads: int, force: bool) -> dict:
+    cfg_file = VARIANTS[variant][0]
+    run_dir = out / variant / f"seed{seed}"
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.is_file() and not force:
+        print(f"[{variant} seed {seed}] reusing {metrics_file}", flush=True)
+    else:
+        cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config", str(CONFIGS / cfg_file),
+               "SEED", str(seed), "OUTPUT_DIR", str(run_dir), *opts]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        print(f"[{variant} seed {seed}] started", flush=True)
+        with open(run_dir / "stdout.txt", "w") as log:
+            rc = subprocess.run(cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        wall = time.perf_counter() - t0
+        if rc != 0:
+            print(f"[{variant} seed {seed}] FAILED (exit {rc}) after {wall:.0f} s: see {run_dir / 'stdout.txt'}",
+                  flush=True)
+            return {}
+        (run_dir / "wall_seconds.txt").write_text(f"{wall:.1f}\n")
+        print(f"[{variant} seed {seed}] done in {wall:.0f} s", flush=True)
+    with open(metrics_file, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def write_readme(section: str) -> None:
@@ -143,87 +206,70 @@ def write_readme(section: str) -> None:
     README.write_text(text, encoding="utf-8")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 (default 5)")
+    p.add_argument("--jobs", type=int, default=2, help="runs side by side (default 2, one thread each)")
     p.add_argument("--out", default=str(REPO / "output" / "benchmarks" / "digits_ood"))
     p.add_argument("--force", action="store_true", help="retrain runs that already have metrics.json")
-    p.add_argument("--train-energy", action="store_true", help="train energy.yaml instead of reusing softmax")
     p.add_argument("--no-readme", action="store_true")
-    p.add_argument("--notes", default="", help="a paragraph appended to the README section")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides passed to every run")
-    args = p.parse_args(argv)
-    out = Path(args.out)
+    a = p.parse_args(argv)
+    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    heads = list(args.heads)
-    if "energy" in heads and not args.train_energy and "softmax" not in heads:
-        heads.insert(0, "softmax")
+    seeds = list(range(a.seeds))
+    variants = list(a.variants)
+    trained = sorted({VARIANTS[v][3] or v for v in variants}, key=list(VARIANTS).index)
+    threads = 1 if a.jobs > 1 else 0
+    jobs = [(v, s) for s in seeds for v in trained]
+    t0 = time.perf_counter()
+    if a.jobs > 1:  # generate the data once before the parallel runs race for it
+        subprocess.run([sys.executable, "-c", "from ood_det.data.digits_ood import ensure_digits_ood, default_root;"
+                        "ensure_digits_ood(default_root())"], check=True, cwd=str(REPO))
+    with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
+        futures = {job: pool.submit(run_one, *job, out, a.opts, threads or 2, a.force) for job in jobs}
+        metrics = {job: f.result() for job, f in futures.items()}
+    wall = time.perf_counter() - t0
 
-    runs = {}
-    t_start = time.perf_counter()
-    for seed in args.seeds:
-        for head in heads:
-            if head == "energy" and not args.train_energy:
-                continue
-            runs[(head, seed)] = run_one(head, seed, out, args.force, args.opts)
-
-    rows = {}
-    for head in args.heads:
-        per_seed = []
-        for seed in args.seeds:
-            src = ("softmax", seed) if head == "energy" and not args.train_energy else (head, seed)
-            run = runs[src]
-            score = "energy" if head == "energy" else run["metrics"]["score"]
-            per_seed.append({**row_of(run["metrics"], score), "score": score,
-                             "train_seconds": run["train_seconds"]})
-        rows[head] = {k: _mean_std([r[k] for r in per_seed]) for k in ("map50", "fpr95", "auroc", "aupr",
-                                                                       "train_seconds")}
-        rows[head]["score"] = per_seed[0]["score"]
-        rows[head]["per_seed"] = per_seed
-
-    total = sum(r["wall_seconds"] or 0.0 for r in runs.values()) or (time.perf_counter() - t_start)
+    per_seed, scores = {}, {}
+    failed = [f"{v} seed {s}" for (v, s), m in metrics.items() if not m]
+    for v in variants:
+        src = VARIANTS[v][3] or v
+        score = VARIANTS[v][2] or next((metrics[(src, s)]["score"] for s in seeds if metrics[(src, s)]), "?")
+        scores[v] = score
+        per_seed[v] = [run_row(metrics[(src, s)], score) for s in seeds]
+    agg = aggregate(per_seed)
+    table = markdown(agg, scores, len(seeds))
+    if failed:
+        table += "\n\nFailed runs (left out of the statistics): " + ", ".join(failed)
+    (out / "table.md").write_text(table + "\n")
     with open(out / "results.json", "w", encoding="utf-8") as f:
-        json.dump({"seeds": args.seeds, "opts": args.opts, "rows": rows}, f, indent=1)
-    tab = table(rows, args.seeds)
-    ver = verdict(rows)
-    print(tab)
-    print(ver)
+        json.dump({"seeds": seeds, "opts": a.opts, "scores": scores, "per_seed": per_seed,
+                   "aggregate": agg, "wall_seconds": wall}, f, indent=1)
+    print(table)
+    plot(agg, PLOT)
+    print(f"plot: {PLOT}; {len(jobs)} runs in {wall / 60:.1f} min")
+    if not a.no_readme:
+        cmd = "    .venv/bin/python benchmarks/digits_ood.py" + (f" --seeds {a.seeds}" if a.seeds != 5 else "") + \
+              (f" --variants {' '.join(variants)}" if variants != list(VARIANTS) else "") + \
+              (f" {' '.join(a.opts)}" if a.opts else "")
+        write_readme(f"""## DigitsOOD: every variant, {len(seeds)} seeds
 
-    if not args.no_readme:
-        import torch
+{cmd}
 
-        from ood_det.config import load_config
+Produced by the command above ({len(jobs)} training runs, {wall / 60:.0f} min of wall time on the 2 cores,
+{a.jobs} job(s) side by side). Torchvision backend, `configs/Digits-OOD/<variant>.yaml`. Near-OOD:
+unknown digits; far-OOD: patches of photographs; shift: known digits under contrast / noise / blur
+changes, share of their boxes flagged unknown at the stored threshold (they should stay ID). VOS
+protocol: boxes above the F1-optimal box confidence of ID val; FPR95 at the recall closest to 95%
+(ID positive). Mean ± std over seeds; the plot is `benchmarks/digits_ood_fpr95.png`.
 
-        base = load_config(str(CONFIGS / "softmax.yaml"), args.opts)
-        n = rows[next(iter(rows))]["per_seed"][0]
-        notes = ("\n" + args.notes.strip() + "\n") if args.notes.strip() else ""
-        section = f"""## DigitsOOD
-
-Every head trained and evaluated by `benchmarks/digits_ood.py` on DigitsOOD (known digits 0-4,
-unknown digits 5-9, 128 x 128 canvases; train 1,500 / val 300 / test 300 / OOD 300 images),
-torchvision backend, `configs/Digits-OOD/<head>.yaml` (ResNet-18-FPN from scratch,
-{base.SOLVER.MAX_ITER} iterations of {base.SOLVER.IMS_PER_BATCH} images), seed(s) {', '.join(map(str, args.seeds))}{' (mean ± std)' if len(args.seeds) > 1 else ''}.
-VOS box-level protocol: boxes kept above the F1-optimal confidence threshold of ID val; every kept
-box on an ID test image is ID, every kept box on an OOD image is OOD ({n['n_id']} ID / {n['n_ood']} OOD
-boxes for the first row); FPR95 at 95% ID TPR, AUROC, AUPR with ID positive. ID mAP50: VOC area AP
-on the ID test split, all detections. "softmax + energy score" is the softmax + MSP network scored
-with the energy score.
-
-    .venv/bin/python benchmarks/digits_ood.py{' --seeds ' + ' '.join(map(str, args.seeds)) if args.seeds != [0] else ''}
-
-{tab}
-
-{ver}
-
-Train time: seconds of the training loop alone (data generation, evaluation and start-up not
-counted), on 2 CPU cores shared with other jobs whose load changed during the benchmark (so the
-times say more about the load than about the heads); python {platform.python_version()}, torch
-{torch.__version__}; all runs together took {total / 60:.0f} min of wall time.
-{notes}"""
-        write_readme(section)
+{table}
+""")
         print(f"wrote the DigitsOOD section of {README}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

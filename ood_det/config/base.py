@@ -60,6 +60,9 @@ def get_cfg() -> CfgNode:
 
     cfg.MODEL.RESNETS = C()
     cfg.MODEL.RESNETS.DEPTH = 50  # 18, 34, 50 or 101
+    # channels of res2 (doubled at each stage): 64 = torchvision's ResNets (ImageNet checkpoints
+    # load only then); smaller = a narrower network for CPU-sized problems (torchvision backend)
+    cfg.MODEL.RESNETS.WIDTH = 64
     # FrozenBN (pretrained backbones), BN (trainable BatchNorm, for training from scratch) or GN
     cfg.MODEL.RESNETS.NORM = "FrozenBN"
 

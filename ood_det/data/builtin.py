@@ -37,7 +37,7 @@ from .voc import COCO_TO_VOC_NAMES, VOC_CLASS_NAMES, VOC_DOWNLOAD_HINT, VOC_SPLI
 BUILTIN_NAMES: List[str] = []
 
 #: images per split of the smoke-test variant of DigitsOOD (``digits_ood_smoke_*``)
-SMOKE_IMAGES: Dict[str, int] = {"train": 64, "val": 24, "test": 24, "ood": 24, "mixed": 16}
+SMOKE_IMAGES: Dict[str, int] = {"train": 64, "val": 24, "test": 24, "ood": 24, "mixed": 16, "far": 16, "shift": 16}
 SMOKE_PREFIX = "digits_ood_smoke"
 
 COCO_OOD_DOWNLOAD = (
@@ -180,7 +180,7 @@ def register_builtin_datasets(root: Optional[PathLike] = None) -> Path:
 
 
 def register_digits_ood_smoke(root: Optional[PathLike] = None) -> Path:
-    """(Re-)register ``digits_ood_smoke_{train,val,test,ood,mixed}`` (generated on first use, like
+    """(Re-)register ``digits_ood_smoke_{train,val,test,ood,mixed,far,shift}`` (generated on first use, like
     ``digits_ood_*``, with :data:`SMOKE_IMAGES` images per split) under ``root`` (default:
     ``<datasets root>/digits_ood_smoke``); returns it."""
     droot = Path(root) if root is not None else datasets_root() / SMOKE_PREFIX

@@ -7,16 +7,26 @@ dimmed by a random brightness and pasted on dark, mildly noisy grey canvases (de
 
 Splits (all generated deterministically from one seed):
 
-========  ==========================================================================
-``train``  ID digits only (default 0-4), from the *train* pool of source images
-``val``    ID digits only, from the *val* pool
-``test``   ID digits only, from the *test* pool
-``ood``    OOD digits only (default 5-9), test pool; every box is an unknown object
-``mixed``  ID and OOD digits together (at least one of each per image), test pool
-========  ==========================================================================
+===========  =======================================================================
+``train``    ID digits only (default 0-4), from the *train* pool of source images
+``val``      ID digits only, from the *val* pool
+``test``     ID digits only, from the *test* pool
+``ood``      near-OOD: OOD digits only (default 5-9), test pool; every box is an unknown object
+``mixed``    ID and OOD digits together (at least one of each per image), test pool
+``far``      far-OOD: patches of real photographs (no digit), every box an unknown object;
+             photos ``china.jpg`` (scikit-learn) and ``grace_hopper.jpg`` (matplotlib)
+``shift``    covariate shift: ID digits of the test pool, each image under one mild change
+             (lower contrast, stronger noise or a Gaussian blur); every box stays ID
+``val_ood``  near-OOD for choosing hyper-parameters: OOD digits of the *val* pool
+``val_far``  far-OOD for choosing hyper-parameters: patches of other photographs,
+             ``flower.jpg`` (scikit-learn) and ``Minduka_Present_Blue_Pack.png`` (matplotlib)
+===========  =======================================================================
 
 The 1,797 source images are first split per digit (stratified, 60 / 20 / 20 % by default) into the
-train / val / test pools, so no source image used by ``train`` appears in any other split.
+train / val / test pools, so no source image used by ``train`` appears in any other split, and the
+validation splits (``val``, ``val_ood``, ``val_far``) share no source digit or photograph with the
+test splits (``test``, ``ood``, ``mixed``, ``far``, ``shift``). The photographs ship inside
+scikit-learn and matplotlib, which ood_det depends on: nothing is downloaded.
 
 On disk (``root`` defaults to ``<datasets root>/digits_ood``)::
 
@@ -55,22 +65,37 @@ from .coco import PathLike, load_coco_json, read_json, save_coco_json
 
 #: names of the ten digit classes; ``DIGITS_CLASS_NAMES[d]`` is digit ``d``
 DIGITS_CLASS_NAMES: Tuple[str, ...] = tuple(str(d) for d in range(10))
-DIGITS_SPLITS: Tuple[str, ...] = ("train", "val", "test", "ood", "mixed")
+DIGITS_SPLITS: Tuple[str, ...] = ("train", "val", "test", "ood", "mixed", "far", "shift", "val_ood", "val_far")
 DEFAULT_ID_DIGITS: Tuple[int, ...] = (0, 1, 2, 3, 4)
 DEFAULT_OOD_DIGITS: Tuple[int, ...] = (5, 6, 7, 8, 9)
 #: the known classes of the default benchmark (thing_classes of every split)
 DIGITS_ID_CLASS_NAMES: Tuple[str, ...] = tuple(DIGITS_CLASS_NAMES[d] for d in DEFAULT_ID_DIGITS)
 DIGITS_OOD_CLASS_NAMES: Tuple[str, ...] = tuple(DIGITS_CLASS_NAMES[d] for d in DEFAULT_OOD_DIGITS)
-DEFAULT_IMAGES: Dict[str, int] = {"train": 1500, "val": 300, "test": 300, "ood": 300, "mixed": 200}
+DEFAULT_IMAGES: Dict[str, int] = {"train": 1500, "val": 300, "test": 300, "ood": 300, "mixed": 200,
+                                  "far": 300, "shift": 300, "val_ood": 200, "val_far": 200}
 #: what each split contains: "id", "ood" or "mixed"
-SPLIT_DISTRIBUTION: Dict[str, str] = {"train": "id", "val": "id", "test": "id", "ood": "ood", "mixed": "mixed"}
-#: which source pool each split draws its digits from
-SPLIT_POOL: Dict[str, str] = {"train": "train", "val": "val", "test": "test", "ood": "test", "mixed": "test"}
+SPLIT_DISTRIBUTION: Dict[str, str] = {"train": "id", "val": "id", "test": "id", "ood": "ood", "mixed": "mixed",
+                                      "far": "ood", "shift": "id", "val_ood": "ood", "val_far": "ood"}
+#: which source pool each split draws its digits (or photographs) from
+SPLIT_POOL: Dict[str, str] = {"train": "train", "val": "val", "test": "test", "ood": "test", "mixed": "test",
+                              "far": "test", "shift": "test", "val_ood": "val", "val_far": "val"}
+#: splits made of photograph patches instead of digits
+PHOTO_SPLITS = ("far", "val_far")
+#: the photographs each pool cuts its far-OOD patches from: (package, file)
+PHOTO_SOURCES: Dict[str, Tuple[Tuple[str, str], ...]] = {
+    "test": (("sklearn", "china.jpg"), ("matplotlib", "grace_hopper.jpg")),
+    "val": (("sklearn", "flower.jpg"), ("matplotlib", "Minduka_Present_Blue_Pack.png")),
+}
+#: the covariate shifts of the ``shift`` split (one per image)
+SHIFT_KINDS = ("contrast", "noise", "blur")
+#: category index of a photograph patch in the json (after the ten digits)
+PHOTO_CATEGORY = 10
+PHOTO_CLASS_NAME = "photo"
 _SPLIT_CODE = {s: i for i, s in enumerate(DIGITS_SPLITS)}
 #: bump when the rendering changes, so that old data on disk is seen as stale
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST_NAME = "manifest.json"
-_FILE_RE = re.compile(r"^(train|val|test|ood|mixed)_\d{5}\.png$")
+_FILE_RE = re.compile(r"^(train|val|test|ood|mixed|far|shift|val_ood|val_far)_\d{5}\.png$")
 
 
 class DigitsOODError(RuntimeError):
@@ -94,6 +119,12 @@ class DigitsOODConfig:
         noise_std: standard deviation of the canvas' Gaussian noise (grey levels).
         max_iou: largest IoU allowed between two digit boxes of an image (0: no overlap).
         source_fractions: train / val / test share of the source images, split per digit.
+        photo_crop: range of the side (pixels of the photograph) of a far-OOD patch's crop.
+        photo_aspect: range of width / height of a pasted photograph patch (its height is drawn
+            from ``digit_height``, like a digit's).
+        shift_brightness: peak grey level range of the ``contrast`` shift (instead of ``brightness``).
+        shift_noise_std: noise of the ``noise`` shift (instead of ``noise_std``).
+        shift_blur_sigma: range of the Gaussian blur (pixels) of the ``blur`` shift.
     """
 
     seed: int = 0
@@ -109,6 +140,11 @@ class DigitsOODConfig:
     noise_std: float = 6.0
     max_iou: float = 0.0
     source_fractions: Tuple[float, float, float] = (0.6, 0.2, 0.2)
+    photo_crop: Tuple[int, int] = (40, 160)
+    photo_aspect: Tuple[float, float] = (0.6, 1.6)
+    shift_brightness: Tuple[float, float] = (0.3, 0.5)
+    shift_noise_std: float = 16.0
+    shift_blur_sigma: Tuple[float, float] = (1.0, 1.5)
 
     def __post_init__(self):
         def fix(name, conv):
@@ -118,11 +154,13 @@ class DigitsOODConfig:
         for name in ("id_digits", "ood_digits"):
             fix(name, lambda v: tuple(int(d) for d in v))
         fix("images", lambda m: {s: int(m.get(s, 0)) for s in DIGITS_SPLITS})
-        for name in ("canvas_size", "objects_per_image", "digit_height"):
+        for name in ("canvas_size", "objects_per_image", "digit_height", "photo_crop"):
             fix(name, lambda v: tuple(int(x) for x in v))
-        for name in ("aspect_range", "brightness", "background", "source_fractions"):
+        for name in ("aspect_range", "brightness", "background", "source_fractions", "photo_aspect",
+                     "shift_brightness", "shift_blur_sigma"):
             fix(name, lambda v: tuple(float(x) for x in v))
         fix("noise_std", float)
+        fix("shift_noise_std", float)
         fix("max_iou", float)
         self._validate()
 
@@ -158,6 +196,16 @@ class DigitsOODConfig:
         f = self.source_fractions
         if len(f) != 3 or min(f) <= 0 or abs(sum(f) - 1) > 1e-6:
             raise bad(f"source_fractions={f} must be 3 positive numbers summing to 1")
+        if not 8 <= self.photo_crop[0] <= self.photo_crop[1]:
+            raise bad(f"photo_crop={self.photo_crop} must satisfy 8 <= low <= high")
+        if not 0 < self.photo_aspect[0] <= self.photo_aspect[1] or \
+                self.digit_height[1] * self.photo_aspect[1] > self.canvas_size[1]:
+            raise bad(f"photo_aspect={self.photo_aspect} must be positive and fit the canvas")
+        if not 0 < self.shift_brightness[0] <= self.shift_brightness[1] <= 1:
+            raise bad(f"shift_brightness={self.shift_brightness} must lie in (0, 1]")
+        if self.shift_noise_std < 0 or not 0 < self.shift_blur_sigma[0] <= self.shift_blur_sigma[1]:
+            raise bad(f"shift_noise_std={self.shift_noise_std} must be >= 0, shift_blur_sigma="
+                      f"{self.shift_blur_sigma} positive")
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain json-able parameters (what the manifest stores and compares)."""
@@ -185,6 +233,27 @@ def load_source_digits() -> Tuple[np.ndarray, np.ndarray]:
 
     d = load_digits()
     return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
+
+
+def load_photo_sources(pool: str) -> List[np.ndarray]:
+    """The photographs far-OOD patches of ``pool`` (``"test"`` / ``"val"``) are cut from: grey
+    ``[H, W]`` float32 in [0, 1], read from the files scikit-learn and matplotlib ship."""
+    out = []
+    for package, name in PHOTO_SOURCES[pool]:
+        if package == "sklearn":
+            from sklearn.datasets import load_sample_image
+
+            rgb = load_sample_image(name)
+        else:
+            from matplotlib import cbook
+
+            path = str(cbook.get_sample_data(name, asfileobj=False))
+            bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+            if bgr is None:  # pragma: no cover - a broken matplotlib install
+                raise DigitsOODError(f"cannot read matplotlib's sample photograph {path}")
+            rgb = bgr[:, :, ::-1]
+        out.append(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0)
+    return out
 
 
 def split_sources(targets: np.ndarray, seed: int, fractions=(0.6, 0.2, 0.2)) -> Dict[str, np.ndarray]:
@@ -218,7 +287,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _split_digits(cfg: DigitsOODConfig, split: str, n: int, rng: np.random.Generator) -> List[int]:
-    if split == "ood":
+    if split in PHOTO_SPLITS:
+        return [PHOTO_CATEGORY] * n
+    if split in ("ood", "val_ood"):
         return [int(d) for d in rng.choice(cfg.ood_digits, n)]
     if split == "mixed":
         first = [int(rng.choice(cfg.id_digits)), int(rng.choice(cfg.ood_digits))]
@@ -233,28 +304,53 @@ def render_image(
     sources: np.ndarray,
     pools: Mapping[int, np.ndarray],
     max_tries: int = 50,
+    photos: Optional[Sequence[np.ndarray]] = None,
 ) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
     """Draw image ``index`` of ``split``: an ``[H, W]`` uint8 canvas and its objects
-    ``[{"digit", "bbox" (XYXY, pixel edges), "source_index"}]``. Deterministic in
+    ``[{"digit", "bbox" (XYXY, pixel edges), "source_index"}]`` (``digit`` = :data:`PHOTO_CATEGORY`
+    for a photograph patch, ``source_index`` = the photograph's index in ``photos``). Deterministic in
     ``(cfg.seed, split, index)`` alone, so images can be drawn in any order or in parallel."""
     rng = np.random.default_rng([cfg.seed, _SPLIT_CODE[split], index])
     H, W = cfg.canvas_size
+    shift = SHIFT_KINDS[int(rng.integers(len(SHIFT_KINDS)))] if split == "shift" else None
+    brightness = cfg.shift_brightness if shift == "contrast" else cfg.brightness
     canvas = rng.standard_normal((H, W), dtype=np.float32)
-    canvas *= cfg.noise_std
+    canvas *= cfg.shift_noise_std if shift == "noise" else cfg.noise_std
     canvas += rng.uniform(*cfg.background)
     lo, hi = cfg.objects_per_image
     n = int(rng.integers(max(lo, 2) if split == "mixed" else lo, hi + 1))
     objects: List[Dict[str, Any]] = []
     placed = np.zeros((0, 4))
     for digit in _split_digits(cfg, split, n, rng):
-        src = int(rng.choice(pools[digit]))
         h = int(rng.integers(cfg.digit_height[0], cfg.digit_height[1] + 1))
-        w = int(np.clip(round(h * rng.uniform(*cfg.aspect_range)), 4, W))
-        patch = cv2.resize(sources[src], (w, h), interpolation=cv2.INTER_CUBIC)
-        patch = np.clip(patch, 0.0, 1.0) * (255.0 * rng.uniform(*cfg.brightness))
-        ink = patch > 0.15 * patch.max()
-        rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
-        tight = np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], np.float64)
+        if digit == PHOTO_CATEGORY:  # a patch of a real photograph, pasted opaque
+            if not photos:
+                raise ValueError(f"split {split!r} needs the photographs (load_photo_sources)")
+            src = int(rng.integers(len(photos)))
+            photo = photos[src]
+            w = int(np.clip(round(h * rng.uniform(*cfg.photo_aspect)), 4, W))
+            for _ in range(20):  # a crop with some structure, not a flat piece of sky or wall
+                side = int(rng.integers(cfg.photo_crop[0], cfg.photo_crop[1] + 1))
+                ch, cw = min(side, photo.shape[0]), min(max(4, round(side * w / h)), photo.shape[1])
+                y0 = int(rng.integers(0, photo.shape[0] - ch + 1))
+                x0 = int(rng.integers(0, photo.shape[1] - cw + 1))
+                crop = photo[y0:y0 + ch, x0:x0 + cw]
+                if crop.std() >= 0.08:
+                    break
+            patch = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA)
+            # stretched to [0.15, 1] x brightness: as visible as a digit on the canvas
+            lo, hi = float(patch.min()), float(patch.max())
+            patch = 0.15 + 0.85 * (patch - lo) / max(hi - lo, 1e-6)
+            patch = patch * (255.0 * rng.uniform(*brightness))
+            tight = np.array([0, 0, w, h], np.float64)
+        else:
+            src = int(rng.choice(pools[digit]))
+            w = int(np.clip(round(h * rng.uniform(*cfg.aspect_range)), 4, W))
+            patch = cv2.resize(sources[src], (w, h), interpolation=cv2.INTER_CUBIC)
+            patch = np.clip(patch, 0.0, 1.0) * (255.0 * rng.uniform(*brightness))
+            ink = patch > 0.15 * patch.max()
+            rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+            tight = np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], np.float64)
         for _ in range(max_tries):
             x, y = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
             box = tight + [x, y, x, y]
@@ -263,9 +359,14 @@ def render_image(
         else:
             continue  # no room left: this image gets fewer digits
         region = canvas[y:y + h, x:x + w]
-        np.maximum(region, patch, out=region)
+        if digit == PHOTO_CATEGORY:
+            region[...] = patch
+        else:
+            np.maximum(region, patch, out=region)
         placed = np.vstack([placed, box])
         objects.append({"digit": digit, "bbox": [float(v) for v in box], "source_index": src})
+    if shift == "blur":
+        canvas = cv2.GaussianBlur(canvas, (0, 0), float(rng.uniform(*cfg.shift_blur_sigma)))
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), objects
 
 
@@ -353,9 +454,10 @@ def generate_digits_ood(
         img_dir = root / "images" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         pool = pools[SPLIT_POOL[split]]
+        photos = load_photo_sources(SPLIT_POOL[split]) if split in PHOTO_SPLITS else None
         dicts = []
         for i in range(n_images):
-            img, objects = render_image(cfg, split, i, sources, pool)
+            img, objects = render_image(cfg, split, i, sources, pool, photos=photos)
             ok, buf = cv2.imencode(".png", img)
             if not ok:  # pragma: no cover
                 raise DigitsOODError(f"OpenCV could not encode image {i} of split {split!r}")
@@ -373,7 +475,7 @@ def generate_digits_ood(
         info = {"description": f"DigitsOOD {split}", "split": split, "seed": cfg.seed,
                 "id_digits": list(cfg.id_digits), "ood_digits": list(cfg.ood_digits),
                 "generator_version": GENERATOR_VERSION}
-        save_coco_json(dicts, root / rel, DIGITS_CLASS_NAMES, image_root=root, info=info)
+        save_coco_json(dicts, root / rel, DIGITS_CLASS_NAMES + (PHOTO_CLASS_NAME,), image_root=root, info=info)
         files[rel] = {"size": (root / rel).stat().st_size, "sha1": _file_sha1(root / rel)}
         digits = [a["category_id"] for d in dicts for a in d["annotations"]]
         counts[split] = {
@@ -381,6 +483,7 @@ def generate_digits_ood(
             "annotations": len(digits),
             "id_objects": sum(d in cfg.id_digits for d in digits),
             "ood_objects": sum(d in cfg.ood_digits for d in digits),
+            "photo_objects": sum(d == PHOTO_CATEGORY for d in digits),
         }
     bar.close()
     manifest = {
@@ -564,7 +667,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--id-digits", type=_int_list, default=DEFAULT_ID_DIGITS, help="e.g. 0,1,2,3,4")
     p.add_argument("--ood-digits", type=_int_list, default=DEFAULT_OOD_DIGITS, help="e.g. 5,6,7,8,9")
     p.add_argument("--images", type=_images_arg, default=dict(DEFAULT_IMAGES),
-                   help="images per split, e.g. train=1500,val=300,test=300,ood=300,mixed=200")
+                   help="images per split, e.g. train=1500,val=300,test=300,ood=300,mixed=200,far=300,shift=300,"
+                        "val_ood=200,val_far=200")
     p.add_argument("--canvas-size", type=_int_list, default=(128, 128), help="H,W (or one number)")
     p.add_argument("--objects", type=_int_list, default=(1, 4), help="min,max digits per image")
     p.add_argument("--regenerate", choices=("auto", "never", "always"), default="auto",

@@ -62,18 +62,53 @@ def _norm_layer(name: str):
     raise ValueError(f"MODEL.RESNETS.NORM={name!r}: expected FrozenBN, BN, SyncBN or GN")
 
 
-def build_resnet_fpn_backbone(depth: int = 50, norm: str = "FrozenBN", freeze_at: int = 0, out_channels: int = 256):
+_RESNET_LAYOUT = {18: ("BasicBlock", (2, 2, 2, 2)), 34: ("BasicBlock", (3, 4, 6, 3)),
+                  50: ("Bottleneck", (3, 4, 6, 3)), 101: ("Bottleneck", (3, 4, 23, 3)),
+                  152: ("Bottleneck", (3, 8, 36, 3))}
+
+
+class _ResNet(tv_resnet.ResNet):
+    """torchvision's ``ResNet`` body (same module names, so ImageNet checkpoints load) whose stage
+    widths are ``width, 2 width, 4 width, 8 width`` instead of 64 .. 512 (no classifier)."""
+
+    def __init__(self, depth: int, width: int, norm_layer):
+        nn.Module.__init__(self)
+        block_name, layers = _RESNET_LAYOUT[depth]
+        block = getattr(tv_resnet, block_name)
+        # the attributes torchvision's _make_layer reads
+        self._norm_layer, self.inplanes, self.dilation, self.groups, self.base_width = norm_layer, width, 1, 1, 64
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, 2 * width, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 4 * width, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 8 * width, layers[3], stride=2)
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+
+def build_resnet_fpn_backbone(depth: int = 50, norm: str = "FrozenBN", freeze_at: int = 0, out_channels: int = 256,
+                              width: int = 64):
     """ResNet-``depth`` + FPN (P2-P6), random init. Same construction as torchvision's
-    ``resnet_fpn_backbone`` (which fixes the FPN width at 256) with a configurable FPN width.
+    ``resnet_fpn_backbone`` (which fixes the FPN width at 256) with a configurable FPN width and
+    stage width (``width`` channels in res2, doubled at each stage; 64 = torchvision's ResNets).
 
     ``freeze_at`` follows detectron2: 0 trains everything, 1 freezes the stem, k freezes the stem
     and res2 .. res(k); torchvision's ``trainable_layers`` = 5 - freeze_at.
     """
-    if depth not in (18, 34, 50, 101, 152):
+    if depth not in _RESNET_LAYOUT:
         raise ValueError(f"MODEL.RESNETS.DEPTH={depth}: expected 18, 34, 50, 101 or 152")
     if not 0 <= freeze_at <= 5:
         raise ValueError(f"MODEL.BACKBONE.FREEZE_AT={freeze_at}: expected 0..5")
-    body = getattr(tv_resnet, f"resnet{depth}")(weights=None, norm_layer=_norm_layer(norm))
+    if int(width) < 8 or int(width) % 8:
+        raise ValueError(f"MODEL.RESNETS.WIDTH={width}: expected a multiple of 8, at least 8")
+    body = _ResNet(depth, int(width), _norm_layer(norm))
     trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][: 5 - freeze_at]
     if freeze_at == 0:
         trainable.append("bn1")
@@ -206,7 +241,7 @@ class OODFasterRCNN(FasterRCNN):
                 f"MODEL.BACKBONE.NAME={m.BACKBONE.NAME!r}: the torchvision backend builds 'resnet_fpn' only"
             )
         backbone = build_resnet_fpn_backbone(
-            m.RESNETS.DEPTH, m.RESNETS.NORM, m.BACKBONE.FREEZE_AT, m.FPN.OUT_CHANNELS
+            m.RESNETS.DEPTH, m.RESNETS.NORM, m.BACKBONE.FREEZE_AT, m.FPN.OUT_CHANNELS, m.RESNETS.WIDTH
         )
         if len(m.ANCHOR_GENERATOR.SIZES) != 5:
             raise ValueError(

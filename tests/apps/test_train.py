@@ -38,10 +38,11 @@ def test_detectron2_backend_dispatch(monkeypatch):
 
     called = {}
     monkeypatch.setattr(d2_train_net, "main", lambda cfg, args: called.update(cfg=cfg, args=args) or "d2-result")
-    assert main(["--config", SMOKE, "BACKEND", "detectron2", "MODEL.DEVICE", "cpu"]) == "d2-result"
+    d2_cfg = os.path.join(REPO, "configs", "Digits-OOD", "d2", "faster_rcnn_R_18_FPN_softmax.yaml")
+    assert main(["--config", d2_cfg, "MODEL.DEVICE", "cpu"]) == "d2-result"
     cfg = called["cfg"]
     assert cfg.BACKEND == "detectron2" and "REGNET" in cfg.MODEL and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 5
-    assert called["args"].config_file == SMOKE and not called["args"].eval_only
+    assert called["args"].config_file == d2_cfg and not called["args"].eval_only
 
 
 def test_unknown_backend_is_named():

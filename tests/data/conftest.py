@@ -92,5 +92,6 @@ def coco_files(tmp_path):
 
 
 #: a DigitsOOD small enough for tests (18 images, 64 x 64)
-TINY_DIGITS = dict(images={"train": 6, "val": 3, "test": 3, "ood": 3, "mixed": 3}, canvas_size=(64, 64),
+TINY_DIGITS = dict(images={"train": 6, "val": 3, "test": 3, "ood": 3, "mixed": 3, "far": 3, "shift": 6,
+                           "val_ood": 3, "val_far": 3}, canvas_size=(64, 64),
                    digit_height=(10, 24))

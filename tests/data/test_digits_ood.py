@@ -37,8 +37,8 @@ def test_layout_counts_and_json(tiny):
         n = cfg.images[split]
         assert len(list((root / "images" / split).glob("*.png"))) == n == manifest["counts"][split]["images"]
         coco = json.loads((root / "annotations" / f"{split}.json").read_text())
-        assert [c["name"] for c in coco["categories"]] == [str(d) for d in range(10)]
-        assert [c["id"] for c in coco["categories"]] == list(range(1, 11))
+        assert [c["name"] for c in coco["categories"]] == [str(d) for d in range(10)] + ["photo"]
+        assert [c["id"] for c in coco["categories"]] == list(range(1, 12))
         assert len(coco["annotations"]) == manifest["counts"][split]["annotations"]
     assert set(manifest["files"]) == {f"images/{s}/{s}_{i:05d}.png" for s in DIGITS_SPLITS
                                       for i in range(cfg.images[s])} | {f"annotations/{s}.json" for s in DIGITS_SPLITS}
@@ -48,6 +48,8 @@ def test_labels_match_their_source_digits(tiny, sources):
     root, cfg, _ = tiny
     _, targets = sources
     for split in DIGITS_SPLITS:
+        if split in D.PHOTO_SPLITS:
+            continue
         for d in load_digits_ood(split, root, regenerate="never"):
             for a in d["annotations"]:
                 true_digit = int(targets[a["source_index"]])
@@ -75,9 +77,10 @@ def test_ood_split_holds_only_ood_digits_and_mixed_holds_both(tiny):
 
 def test_train_sources_disjoint_from_other_splits(tiny, sources):
     root, cfg, _ = tiny
+    digit_splits = [s for s in DIGITS_SPLITS if s not in D.PHOTO_SPLITS]
     used = {s: {a["source_index"] for d in load_digits_ood(s, root, regenerate="never") for a in d["annotations"]}
-            for s in DIGITS_SPLITS}
-    others = set().union(*(used[s] for s in DIGITS_SPLITS if s != "train"))
+            for s in digit_splits}
+    others = set().union(*(used[s] for s in digit_splits if s != "train"))
     assert used["train"] and others and not used["train"] & others
     # and the pools themselves: disjoint, covering all 1,797 images, stratified per digit
     _, targets = sources
@@ -104,7 +107,8 @@ def test_boxes_inside_canvas_disjoint_and_on_ink(tiny):
             assert np.allclose(iou[~np.eye(len(boxes), dtype=bool)], 0)
             inside = np.zeros_like(img, bool)
             for x0, y0, x1, y1 in boxes.astype(int):
-                assert img[y0:y1, x0:x1].max() > 100  # a digit's ink is bright ...
+                # a digit's ink is bright (dimmer under the contrast / blur shifts) ...
+                assert img[y0:y1, x0:x1].max() > (40 if split == "shift" else 100)
                 inside[y0:y1, x0:x1] = True
             assert img[~inside].mean() < 60  # ... on a dark background
 
@@ -225,3 +229,48 @@ def test_cli(tmp_path, capsys):
     assert D.main(args + ["--regenerate", "never"]) == 0
     assert D.main(["--root", str(tmp_path), "--seed", "5", "--regenerate", "never"]) == 1
     assert "other parameters" in capsys.readouterr().out
+
+
+def test_far_ood_splits_are_photograph_patches_from_disjoint_photographs(tiny):
+    """far / val_far hold only patches of real photographs (unknown objects named "photo"); the
+    validation split cuts them from other photographs than the test split."""
+    root, cfg, _ = tiny
+    for split in D.PHOTO_SPLITS:
+        anns = [a for d in load_digits_ood(split, root, regenerate="never") for a in d["annotations"]]
+        assert anns and all(a["category_id"] == -1 and a["unknown_class"] == "photo" for a in anns)
+    assert not set(D.PHOTO_SOURCES["test"]) & set(D.PHOTO_SOURCES["val"])
+    for pool in ("test", "val"):
+        photos = D.load_photo_sources(pool)
+        assert len(photos) == 2 and all(p.ndim == 2 and p.dtype == np.float32 and 0 <= p.min() < p.max() <= 1
+                                        for p in photos)
+    a, b = D.load_photo_sources("test"), D.load_photo_sources("val")
+    assert not any(x.shape == y.shape and np.array_equal(x, y) for x in a for y in b)
+
+
+def test_validation_ood_split_uses_only_validation_digits(tiny, sources):
+    root, cfg, _ = tiny
+    _, targets = sources
+    pools = D.split_sources(targets, seed=cfg.seed)
+    val_ood = {a["source_index"] for d in load_digits_ood("val_ood", root, regenerate="never") for a in d["annotations"]}
+    test_side = {a["source_index"] for s in ("test", "ood", "mixed", "shift")
+                 for d in load_digits_ood(s, root, regenerate="never") for a in d["annotations"]}
+    assert val_ood and val_ood <= set(pools["val"].tolist()) and not val_ood & test_side
+    assert all(str(int(targets[i])) in cfg.ood_class_names for i in val_ood)
+
+
+def test_shift_split_is_id_digits_under_a_covariate_shift(tiny, sources):
+    """shift: known digits of the test pool (labelled as such), each image under one of the three
+    changes (at least two kinds among six images)."""
+    root, cfg, _ = tiny
+    _, targets = sources
+    dicts = load_digits_ood("shift", root, regenerate="never")
+    assert all(0 <= a["category_id"] < len(cfg.id_digits) for d in dicts for a in d["annotations"])
+    src, tg = D.load_source_digits()
+    pools = D._pools_by_digit(cfg, tg)["test"]
+    kinds = set()
+    for i in range(cfg.images["shift"]):
+        rng = np.random.default_rng([cfg.seed, D._SPLIT_CODE["shift"], i])
+        kinds.add(D.SHIFT_KINDS[int(rng.integers(len(D.SHIFT_KINDS)))])
+        img, objs = D.render_image(cfg, "shift", i, src, pools)
+        assert all(o["source_index"] in set(np.concatenate(list(pools.values())).tolist()) for o in objs)
+    assert len(kinds) >= 2  # 6 images draw more than one kind

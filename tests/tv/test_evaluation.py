@@ -24,7 +24,11 @@ def test_smoke_config_end_to_end(smoke_run):
     out = smoke_run.output_dir
     m = smoke_run.metrics
     assert m["head"] == "softmax" and m["score"] == "msp"
-    assert m["datasets"]["ood"] == ["digits_ood_smoke_ood"] and m["datasets"]["mixed"] == ["digits_ood_smoke_mixed"]
+    assert m["datasets"]["ood"] == ["digits_ood_smoke_ood", "digits_ood_smoke_far"]
+    assert m["datasets"]["mixed"] == ["digits_ood_smoke_mixed"] and m["datasets"]["shift"] == ["digits_ood_smoke_shift"]
+    assert set(m["summary"]) == {"digits_ood_smoke_ood", "digits_ood_smoke_far"}
+    shift = m["covariate_shift"]["digits_ood_smoke_shift"]
+    assert 0.0 <= shift["msp"] <= 1.0 and shift["num_boxes"] > 0
     s = m["summary"]["digits_ood_smoke_ood"]
     assert 0.0 <= s["map50"] <= 1.0
     res = m["results"]["digits_ood_smoke_ood"]
