@@ -598,8 +598,12 @@ def ensure_digits_ood(
             return manifest
         if config is None and manifest is not None:
             try:  # rebuild what was there rather than falling back to the defaults
-                config = DigitsOODConfig.from_dict(manifest["params"])
-            except (TypeError, ValueError):
+                params = dict(manifest["params"])
+                if int(manifest.get("generator_version", 0)) < GENERATOR_VERSION:
+                    # splits an older generator did not know get their default sizes
+                    params["images"] = {**DEFAULT_IMAGES, **dict(params.get("images") or {})}
+                config = DigitsOODConfig.from_dict(params)
+            except (TypeError, ValueError, AttributeError):
                 config = None
         if state != "absent":
             import logging

@@ -274,3 +274,26 @@ def test_shift_split_is_id_digits_under_a_covariate_shift(tiny, sources):
         img, objs = D.render_image(cfg, "shift", i, src, pools)
         assert all(o["source_index"] in set(np.concatenate(list(pools.values())).tolist()) for o in objs)
     assert len(kinds) >= 2  # 6 images draw more than one kind
+
+
+def test_data_of_an_older_generator_is_completed_with_the_new_splits(tmp_path, caplog):
+    """A dataset written before the far / shift / validation-OOD splits existed is regenerated
+    with them (at their default sizes), keeping its other parameters, and says so."""
+    import logging
+
+    old = dict(TINY_DIGITS, images={k: v for k, v in TINY_DIGITS["images"].items()
+                                    if k in ("train", "val", "test", "ood", "mixed")})
+    ensure_digits_ood(tmp_path, DigitsOODConfig(**old), progress=False)
+    mpath = tmp_path / D.MANIFEST_NAME
+    m = json.loads(mpath.read_text())
+    m["generator_version"] = 1
+    m["params"]["images"] = {k: m["params"]["images"][k] for k in ("train", "val", "test", "ood", "mixed")}
+    mpath.write_text(json.dumps(m))
+    with caplog.at_level(logging.WARNING):
+        manifest = ensure_digits_ood(tmp_path, progress=False)
+    assert "regenerating DigitsOOD" in caplog.text and "generator version 1" in caplog.text
+    assert manifest["generator_version"] == D.GENERATOR_VERSION
+    assert manifest["params"]["canvas_size"] == [64, 64]  # the old parameters are kept
+    for split in ("far", "shift", "val_ood", "val_far"):
+        assert manifest["counts"][split]["images"] == D.DEFAULT_IMAGES[split]
+    assert len(load_digits_ood("far", tmp_path, regenerate="never")) == D.DEFAULT_IMAGES["far"]
