@@ -1,27 +1,14 @@
 """The head registry: name -> class (filled by the ``@register_head`` decorator of each head module)."""
 from __future__ import annotations
 
-from typing import Dict, Type
+from typing import Type
 
+from ..registry import NameRegistry
 from .base import OODHead
 
-HEADS: Dict[str, Type[OODHead]] = {}
-
-
-def register_head(cls: Type[OODHead]) -> Type[OODHead]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no registry name")
-    if cls.name in HEADS:
-        raise KeyError(f"head {cls.name!r} is already registered")
-    HEADS[cls.name] = cls
-    return cls
-
-
-def get_head_class(name: str) -> Type[OODHead]:
-    try:
-        return HEADS[name]
-    except KeyError:
-        raise KeyError(f"unknown OOD head {name!r}; known: {', '.join(sorted(HEADS))}") from None
+HEADS = NameRegistry("OOD head")
+register_head = HEADS.register
+get_head_class = HEADS.get_class
 
 
 def build_head(name: str, in_features: int, num_classes: int, **kwargs) -> OODHead:
@@ -31,7 +18,5 @@ def build_head(name: str, in_features: int, num_classes: int, **kwargs) -> OODHe
 
 def build_head_from_cfg(cfg, in_features: int) -> OODHead:
     """Build ``cfg.MODEL.OOD.HEAD`` with the keyword arguments its ``from_config`` reads."""
-    cls = get_head_class(cfg.MODEL.OOD.HEAD)
+    cls: Type[OODHead] = get_head_class(cfg.MODEL.OOD.HEAD)
     return cls(**cls.from_config(cfg, in_features))
-
-

@@ -1,29 +1,13 @@
-"""The regularizer registry: name -> class (filled by the ``@register_regularizer`` decorator of each regularizer module)."""
+"""The regularizer registry: name -> class (filled by the ``@register_regularizer`` decorator of each
+regularizer module)."""
 from __future__ import annotations
 
-from typing import Dict, Type
-
+from ..registry import NameRegistry
 from .base import Regularizer
 
-REGULARIZERS: Dict[str, Type[Regularizer]] = {}
-
-
-def register_regularizer(cls: Type[Regularizer]) -> Type[Regularizer]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no registry name")
-    if cls.name in REGULARIZERS:
-        raise KeyError(f"regularizer {cls.name!r} is already registered")
-    REGULARIZERS[cls.name] = cls
-    return cls
-
-
-def get_regularizer_class(name: str) -> Type[Regularizer]:
-    try:
-        return REGULARIZERS[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown OOD regularizer {name!r}; known: {', '.join(sorted(REGULARIZERS))}"
-        ) from None
+REGULARIZERS = NameRegistry("OOD regularizer")
+register_regularizer = REGULARIZERS.register
+get_regularizer_class = REGULARIZERS.get_class
 
 
 def build_regularizer(name: str, **kwargs) -> Regularizer:
