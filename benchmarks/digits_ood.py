@@ -126,8 +126,8 @@ def _cmp(p) -> str:
 
 
 def markdown(agg: Dict[str, dict], scores: Dict[str, str], n_seeds: int) -> str:
-    lines = [f"| variant | score | ID mAP50 | near FPR95 ↓ | near AUROC ↑ | far FPR95 ↓ | far AUROC ↑ | "
-             f"shift flagged ↓ |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | score | ID mAP50 | near FPR95 ↓ | near AUROC ↑ | far FPR95 ↓ | far AUROC ↑ | "
+             "shift flagged ↓ |", "|---|---|---|---|---|---|---|---|"]
     for v, a in agg.items():
         s = a["stats"]
         lines.append(f"| {VARIANTS[v][1]} | `{scores[v]}` | " + " | ".join(_fmt(s[m]) for m in METRICS) + " |")

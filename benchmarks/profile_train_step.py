@@ -112,7 +112,6 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     cfg, ms, _ = profile(a.config, a.steps)
-    fwd = ms["forward (all)"]
     print(f"\n{a.config}: {ms['step']:.0f} ms/step (batch {cfg.SOLVER.IMS_PER_BATCH}, "
           f"{cfg.INPUT.MIN_SIZE_TRAIN} px, {cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE} ROIs/img)")
     print(f"{'phase':<26} {'ms/step':>8} {'share':>7}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultTrainer, default_setup, hooks, launch
@@ -109,7 +109,7 @@ class Trainer(DefaultTrainer):
         out = self.cfg.OUTPUT_DIR
         writers = [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(out, "train_metrics.jsonl"))]
         try:  # TensorBoard event files when tensorboard is installed (it is optional)
-            import torch.utils.tensorboard  # noqa: F401
+            import torch.utils.tensorboard  # noqa: F401  (tensorboard installed?)
 
             writers.append(TensorboardXWriter(out))
         except ImportError:

@@ -15,7 +15,7 @@ The protocol runs on the main process only (the torchvision trainer evaluates on
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 

@@ -24,7 +24,7 @@ import torch
 
 from ..data import catalog
 from ..engine import comm
-from ..engine.checkpoint import last_checkpoint, load_checkpoint, make_checkpoint, restore, save_checkpoint, unwrap
+from ..engine.checkpoint import last_checkpoint, load_checkpoint, make_checkpoint, restore, save_checkpoint
 from ..engine import jsonio
 from ..engine.logger import console_through_tqdm
 from .build import build_model

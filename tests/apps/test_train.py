@@ -1,7 +1,6 @@
 """ood_det.apps.train: argument parsing, checks before any write, backend dispatch, eval-only,
 DDP (gloo, 2 processes)."""
 import os
-import sys
 
 import pytest
 import torch

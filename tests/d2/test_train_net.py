@@ -1,5 +1,4 @@
 """Trainer on DigitsOOD (CPU), checkpoints with regularizer state, metadata and resume."""
-import os
 
 import pytest
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ood_det.data import builtin, catalog
+from ood_det.data import builtin
 from ood_det.data.check import check_dataset, main
 from ood_det.data.digits_ood import DigitsOODConfig, ensure_digits_ood
 
