@@ -39,11 +39,9 @@ def register_ood_datasets(names: Optional[Iterable[str]] = None) -> List[str]:
 
     Idempotent: a dataset already registered by this function with the same metadata is left
     alone; one whose catalog metadata changed (e.g. after
-    ``catalog.register_builtin_datasets(other_root)``) is re-registered. Returns the names newly
-    (re-)registered.
+    ``ood_det.data.builtin.register_builtin_datasets(other_root)``) is re-registered. Returns the
+    names newly (re-)registered. (Importing ``ood_det.data`` registered the built-ins.)
     """
-    from ..data import builtin  # noqa: F401  (the built-in datasets, digits_ood_smoke_* included)
-
     done = []
     for name in list(names) if names is not None else catalog.names():
         md = {k: v for k, v in catalog.metadata(name).items() if k != "name"}
