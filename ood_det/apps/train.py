@@ -140,7 +140,8 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:  # noqa: BLE001 - the command line reports every failure the same way
         if os.environ.get("OOD_DET_DEBUG"):
             raise
-        logger.error("fatal: %s: %s", type(e).__name__, e, exc_info=logger.handlers != [])
+        # the traceback goes to log.txt (its handler takes DEBUG), the console gets one line
+        logger.debug("fatal: %s: %s", type(e).__name__, e, exc_info=True)
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}" if isinstance(e, (KeyError, ValueError, FileNotFoundError, ImportError))
               else f"error: {type(e).__name__}: {msg}", file=sys.stderr)

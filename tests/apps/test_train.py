@@ -146,3 +146,16 @@ def test_resume_continues_the_stored_schedule(tmp_path, monkeypatch):
     main(["--config", str(short), "--resume", "SOLVER.MAX_ITER", "5", "OUTPUT_DIR", str(out)])
     assert load_checkpoint(str(out / "model_final.pth"))["iteration"] == 5
     assert "SOLVER.MAX_ITER 5 from the command line (the checkpoint's run used 6)" in (out / "log.txt").read_text()
+
+
+def test_fatal_errors_reach_log_txt(tmp_path, capsys):
+    """An error after the run's logging started is written to OUTPUT_DIR/log.txt (with its
+    traceback) and printed as one line."""
+    from ood_det.apps.train import cli
+
+    out = tmp_path / "out"
+    assert cli(["--config", SMOKE, "DATASETS.TRAIN", "('no_such_dataset',)", "OUTPUT_DIR", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "error: dataset 'no_such_dataset' is not registered" in err and "Traceback" not in err
+    log = (out / "log.txt").read_text()
+    assert "fatal: KeyError" in log and "no_such_dataset" in log and "Traceback" in log
