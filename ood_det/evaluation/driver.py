@@ -11,7 +11,7 @@ dataset X with scores S" — and hands plain arrays over, the way a detectron2
    (ID images under a covariate shift);
 2. **post-fit** of the head on ID validation ROIs (proposals of the trained RPN plus ground truth,
    labelled and sampled as in training): ``head.post_fit(logits, labels, features)`` (DisMax
-   temperature, CFL score weights; a no-op for the other heads), on every process;
+   temperature, CFL score weights), on every process; skipped for heads without one;
 3. **inference** of every dataset once, every box carrying every score the head supports;
 4. **metrics** per OOD set (:func:`~ood_det.evaluation.evaluator.evaluate_ood_detection`: ID mAP,
    box-confidence threshold on ID val, FPR95 / AUROC / AUPR, unknown thresholds at
@@ -185,7 +185,7 @@ def run_protocol(
         os.makedirs(output_dir, exist_ok=True)
 
     # 1-2. post-fit on ID validation ROIs, before any score is computed
-    fitted = post_fit(backend, roles["val"], seed=max(int(cfg.SEED), 0)) if do_post_fit else {}
+    fitted = post_fit(backend, roles["val"], seed=max(int(cfg.SEED), 0)) if do_post_fit and head.has_post_fit else {}
 
     # 3. inference, each dataset once, every supported score
     score_names = list(head.supported_scores)

@@ -125,6 +125,11 @@ class OODHead(nn.Module):
         return score_registry.compute(score, self.score_logits(logits).float())
 
     # -------------------------------------------------------------- post-fit
+    @property
+    def has_post_fit(self) -> bool:
+        """Whether this head overrides :meth:`post_fit` (the protocol skips collecting ROIs if not)."""
+        return type(self).post_fit is not OODHead.post_fit
+
     @torch.no_grad()
     def post_fit(
         self,
@@ -134,10 +139,11 @@ class OODHead(nn.Module):
     ) -> Dict[str, float]:
         """Fit post-training state on held-out **in-distribution** validation ROIs.
 
-        The engine calls this once after training, before it sets the unknown thresholds, with
+        The evaluation protocol calls this once after training, before it sets the unknown thresholds, with
         the ROIs of the ID validation split (never OOD data). Heads that need it override it
         (DisMax fits its temperature, CFL its score weights) and keep the result in buffers so it
-        travels with the checkpoint; the default does nothing. The engine stays method-agnostic:
+        travels with the checkpoint; the default does nothing (:attr:`has_post_fit` is False, and
+        no validation ROI is collected for it). The protocol stays method-agnostic:
         it must recompute logits and scores *after* this call (they may change).
 
         Args:

@@ -64,6 +64,7 @@ class FakeBackend(ProtocolBackend):
         return self.clf
 
     def validation_rois(self, name, seed=0):
+        self.rois_asked = True
         g = torch.Generator().manual_seed(seed)
         feats = torch.randn(20, D, generator=g)
         return self.clf(feats).detach(), torch.randint(0, K + 1, (20,), generator=g), feats
@@ -113,16 +114,19 @@ def test_split_roles():
         split_roles(cfg, lambda n: "ood")
 
 
-def test_protocol_with_a_fake_backend(tmp_path, fake_sets, monkeypatch):
-    backend = FakeBackend({"fake_val": 2.0, "fake_test": 2.0, "fake_ood": 0.0, "fake_shift": 1.0})
+def test_protocol_with_a_fake_backend(tmp_path, fake_sets):
+    from ood_det.heads.softmax import SoftmaxHead
+
     calls = {}
-    head = backend.clf.head
 
-    def spy(logits, labels, features=None):
-        calls["args"] = (logits.shape, labels.shape, None if features is None else features.shape)
-        return {"fitted": 1.0}
+    class SpyHead(SoftmaxHead):  # a head with a post-fit that records what it was given
+        def post_fit(self, logits, labels, features=None):
+            calls["args"] = (logits.shape, labels.shape, None if features is None else features.shape)
+            return {"fitted": 1.0}
 
-    monkeypatch.setattr(head, "post_fit", spy)
+    backend = FakeBackend({"fake_val": 2.0, "fake_test": 2.0, "fake_ood": 0.0, "fake_shift": 1.0})
+    torch.manual_seed(0)
+    backend.clf = OODBoxClassifier(SpyHead(in_features=D, num_classes=K), score="energy")
     cfg = _cfg(tmp_path)
     save = str(tmp_path / "model_final.pth")
     m = run_protocol(cfg, backend, output_dir=str(tmp_path), save_path=save)
@@ -155,6 +159,13 @@ def test_protocol_with_a_fake_backend(tmp_path, fake_sets, monkeypatch):
     ck = load_checkpoint(save)
     assert ck["ood_det"]["conf_thresh"] == pytest.approx(0.5) and ck["ood_det"]["backend"] == "torchvision"
     assert ck["ood_det"]["class_names"] == ["a", "b"] and ck["ood_det"]["head"] == "softmax"
+
+
+def test_heads_without_post_fit_collect_no_rois(tmp_path, fake_sets):
+    backend = FakeBackend({n: 0.0 for n in fake_sets})
+    assert not backend.clf.head.has_post_fit
+    m = run_protocol(_cfg(tmp_path), backend)
+    assert not getattr(backend, "rois_asked", False) and m["post_fit"] == {}
 
 
 def test_protocol_refuses_class_count_mismatch(tmp_path, fake_sets):
