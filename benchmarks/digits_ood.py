@@ -40,6 +40,8 @@ README = REPO / "benchmarks" / "README.md"
 PLOT = REPO / "benchmarks" / "digits_ood_fpr95.png"
 BEGIN, END = "<!-- digits_ood:begin -->", "<!-- digits_ood:end -->"
 NEAR, FAR, SHIFT = "digits_ood_ood", "digits_ood_far", "digits_ood_shift"
+#: ``--split val``: the validation OOD splits (for choosing hyper-parameters; no shift split there)
+VAL_NEAR, VAL_FAR = "digits_ood_val_ood", "digits_ood_val_far"
 BASELINES = ("softmax", "energy")
 
 #: variant -> (config, label, score override or None, trained run it reuses or None)
@@ -53,6 +55,21 @@ VARIANTS: Dict[str, Tuple[str, str, Optional[str], Optional[str]]] = {
     "vos": ("vos.yaml", "VOS (virtual outliers, energy)", None, None),
     "greg": ("greg.yaml", "GReg+ (energy)", None, None),
 }
+#: ablations (configs/Digits-OOD/ablations/): selectable with --variants, not run by default
+ABLATIONS: Dict[str, Tuple[str, str, Optional[str], Optional[str]]] = {
+    "vos_plus_energy": ("ablations/vos_plus_energy.yaml", "VOS + energy margin", None, None),
+    "vos_energy_only": ("ablations/vos_energy_only.yaml", "VOS, energy margin only", None, None),
+    "greg_no_sampling": ("ablations/greg_no_sampling.yaml", "GReg (no GReg+ sampling)", None, None),
+    "greg_no_grad": ("ablations/greg_no_grad.yaml", "GReg+ without gradient penalty", None, None),
+    "dismax_t1": ("ablations/dismax_t1.yaml", "DisMax, MMLES at T = 1", None, None),
+    "dismax_no_fpr": ("ablations/dismax_no_fpr.yaml", "DisMax without FPR", None, None),
+    "cfl_no_hinge": ("ablations/cfl_no_hinge.yaml", "CFL without outlier terms", None, None),
+    "cfl_weak_outliers": ("ablations/cfl_weak_outliers.yaml", "CFL, outlier terms x 0.1", None, None),
+    "greg_energy_01": ("ablations/greg_energy_01.yaml", "GReg+, energy margin 0.1 (authors')", None, None),
+    "vos_half": ("ablations/vos_half.yaml", "VOS, outliers from half-way", None, None),
+}
+DEFAULT_VARIANTS = list(VARIANTS)
+VARIANTS.update(ABLATIONS)
 METRICS = ("map50", "near_fpr95", "near_auroc", "far_fpr95", "far_auroc", "shift_flagged")
 LOWER_IS_BETTER = {"near_fpr95", "far_fpr95", "shift_flagged"}
 
@@ -80,19 +97,20 @@ def paired(a: Sequence[Optional[float]], b: Sequence[Optional[float]]) -> Dict[s
     return {"diff": m, "se": se, "n": n, "real": real}
 
 
-def run_row(metrics: dict, score: str) -> Dict[str, Optional[float]]:
-    """The benchmark's numbers of one run (one metrics.json) for ``score``."""
+def run_row(metrics: dict, score: str, near: str = NEAR, far: str = FAR) -> Dict[str, Optional[float]]:
+    """The benchmark's numbers of one run (one metrics.json) for ``score``; ``near`` / ``far``
+    name the OOD datasets (the test splits, or the validation ones with ``--split val``)."""
     res = metrics.get("results", {}) if metrics else {}
 
     def ood(name, key):
         return res.get(name, {}).get("ood", {}).get(score, {}).get(key)
 
-    first = res.get(NEAR) or next(iter(res.values()), {})
+    first = res.get(near) or next(iter(res.values()), {})
     shift = (metrics or {}).get("covariate_shift", {}).get(SHIFT, {})
     return {
         "map50": first.get("detection", {}).get("voc", {}).get("map50"),
-        "near_fpr95": ood(NEAR, "fpr95"), "near_auroc": ood(NEAR, "auroc"),
-        "far_fpr95": ood(FAR, "fpr95"), "far_auroc": ood(FAR, "auroc"),
+        "near_fpr95": ood(near, "fpr95"), "near_auroc": ood(near, "auroc"),
+        "far_fpr95": ood(far, "fpr95"), "far_auroc": ood(far, "auroc"),
         "shift_flagged": shift.get(score),
     }
 
@@ -208,15 +226,28 @@ def write_readme(section: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS),
+                   help="default: the 8 variants of the table; the ablations are opt-in")
     p.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 (default 5)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (default 2, one thread each)")
-    p.add_argument("--out", default=str(REPO / "output" / "benchmarks" / "digits_ood"))
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="val: score on the validation OOD splits (digits_ood_val_ood / _val_far) to "
+                        "choose hyper-parameters; writes neither README nor plot")
+    p.add_argument("--score", default=None, help="report this score instead of each config's own")
+    p.add_argument("--out", default=None,
+                   help="default output/benchmarks/digits_ood (digits_ood_val with --split val)")
     p.add_argument("--force", action="store_true", help="retrain runs that already have metrics.json")
     p.add_argument("--no-readme", action="store_true")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides passed to every run")
     a = p.parse_args(argv)
-    out = Path(a.out)
+    val = a.split == "val"
+    out = Path(a.out or REPO / "output" / "benchmarks" / ("digits_ood_val" if val else "digits_ood"))
+    near, far = (VAL_NEAR, VAL_FAR) if val else (NEAR, FAR)
+    # --split val: every number from validation data (ID val for mAP and the ID boxes, the
+    # validation OOD splits), nothing from a test split
+    run_opts = list(a.opts) + (["DATASETS.TEST", '("digits_ood_val",)',
+                                "DATASETS.OOD_TEST", f'("{VAL_NEAR}", "{VAL_FAR}")',
+                                "DATASETS.SHIFT_TEST", "()"] if val else [])
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(a.seeds))
     variants = list(a.variants)
@@ -228,7 +259,7 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, "-c", "from ood_det.data.digits_ood import ensure_digits_ood, default_root;"
                         "ensure_digits_ood(default_root())"], check=True, cwd=str(REPO))
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
-        futures = {job: pool.submit(run_one, *job, out, a.opts, threads or 2, a.force) for job in jobs}
+        futures = {job: pool.submit(run_one, *job, out, run_opts, threads or 2, a.force) for job in jobs}
         metrics = {job: f.result() for job, f in futures.items()}
     wall = time.perf_counter() - t0
 
@@ -236,23 +267,27 @@ def main(argv=None) -> int:
     failed = [f"{v} seed {s}" for (v, s), m in metrics.items() if not m]
     for v in variants:
         src = VARIANTS[v][3] or v
-        score = VARIANTS[v][2] or next((metrics[(src, s)]["score"] for s in seeds if metrics[(src, s)]), "?")
+        score = a.score or VARIANTS[v][2] or next(
+            (metrics[(src, s)]["score"] for s in seeds if metrics[(src, s)]), "?")
         scores[v] = score
-        per_seed[v] = [run_row(metrics[(src, s)], score) for s in seeds]
+        per_seed[v] = [run_row(metrics[(src, s)], score, near, far) for s in seeds]
     agg = aggregate(per_seed)
     table = markdown(agg, scores, len(seeds))
     if failed:
         table += "\n\nFailed runs (left out of the statistics): " + ", ".join(failed)
     (out / "table.md").write_text(table + "\n")
     with open(out / "results.json", "w", encoding="utf-8") as f:
-        json.dump({"seeds": seeds, "opts": a.opts, "scores": scores, "per_seed": per_seed,
+        json.dump({"seeds": seeds, "split": a.split, "opts": a.opts, "scores": scores, "per_seed": per_seed,
                    "aggregate": agg, "wall_seconds": wall}, f, indent=1)
     print(table)
+    if val:
+        print(f"validation splits ({near}, {far}); {len(jobs)} runs in {wall / 60:.1f} min; {out / 'table.md'}")
+        return 0
     plot(agg, PLOT)
     print(f"plot: {PLOT}; {len(jobs)} runs in {wall / 60:.1f} min")
     if not a.no_readme:
         cmd = "    .venv/bin/python benchmarks/digits_ood.py" + (f" --seeds {a.seeds}" if a.seeds != 5 else "") + \
-              (f" --variants {' '.join(variants)}" if variants != list(VARIANTS) else "") + \
+              (f" --variants {' '.join(variants)}" if variants != DEFAULT_VARIANTS else "") + \
               (f" {' '.join(a.opts)}" if a.opts else "")
         write_readme(f"""## DigitsOOD: every variant, {len(seeds)} seeds
 

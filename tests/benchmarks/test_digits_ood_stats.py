@@ -55,3 +55,24 @@ def test_run_row_and_aggregate_table():
     table = B.markdown(agg, {"softmax": "msp", "isomaxplus": "mds"}, 3)
     assert "| IsoMax+ (min. distance) | `mds` | 90.0 ± 0.0 | 41.0 ± 1.0 |" in table
     assert "-20.0 ± 0.0 **real**" in table
+
+
+def test_run_row_reads_the_validation_splits_when_asked():
+    m = _metrics(0.6, 0.3, 0.1)
+    m["results"][B.VAL_NEAR] = {"detection": {"voc": {"map50": 0.8}}, "ood": {"msp": {"fpr95": 0.5, "auroc": 0.7}}}
+    m["results"][B.VAL_FAR] = {"ood": {"msp": {"fpr95": 0.2, "auroc": 0.9}}}
+    row = B.run_row(m, "msp", B.VAL_NEAR, B.VAL_FAR)
+    assert (row["map50"], row["near_fpr95"], row["near_auroc"], row["far_fpr95"]) == (0.8, 0.5, 0.7, 0.2)
+    assert B.run_row(m, "msp")["near_fpr95"] == 0.6  # the test splits by default
+
+
+def test_ablation_variants_are_opt_in_and_their_configs_change_their_parent():
+    from ood_det.apps.config import load_config
+
+    assert not set(B.ABLATIONS) & set(B.DEFAULT_VARIANTS)
+    for name, (cfg_file, *_rest) in B.ABLATIONS.items():
+        child = load_config(str(B.CONFIGS / cfg_file))
+        parent_file = B.CONFIGS / B.VARIANTS[name.split("_")[0]][0]
+        parent = load_config(str(parent_file))
+        assert child.MODEL.OOD.HEAD == parent.MODEL.OOD.HEAD, name
+        assert child.MODEL.OOD.dump() != parent.MODEL.OOD.dump(), f"{name} changes nothing in MODEL.OOD"

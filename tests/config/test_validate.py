@@ -13,7 +13,10 @@ def test_defaults_and_shipped_configs_are_valid():
     from ood_det.apps.config import load_config
 
     validate_config(get_cfg())
-    for path in sorted((Path(__file__).resolve().parents[2] / "configs" / "Digits-OOD").glob("*.yaml")):
+    root = Path(__file__).resolve().parents[2] / "configs" / "Digits-OOD"
+    paths = sorted(root.glob("*.yaml")) + sorted((root / "ablations").glob("*.yaml"))
+    assert len(paths) > 10
+    for path in paths:
         validate_config(load_config(str(path)))
 
 
