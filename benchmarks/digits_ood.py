@@ -4,6 +4,12 @@ covariate shift, paired comparisons against the baselines.
 
     .venv/bin/python benchmarks/digits_ood.py                        # 8 variants x 5 seeds, 2 jobs
     .venv/bin/python benchmarks/digits_ood.py --seeds 3 --variants softmax isomaxplus --jobs 1
+    .venv/bin/python benchmarks/digits_ood.py --split val --seeds 2 --variants softmax energy vos vos_plus_energy
+
+``--split val`` scores every run on validation data only (ID val, ``digits_ood_val_ood``,
+``digits_ood_val_far``) and writes neither the README section nor the plot: it is the split for
+choosing hyper-parameters. The ablations of ``configs/Digits-OOD/ablations/`` are variants too,
+run only when named.
 
 Each variant is a config of ``configs/Digits-OOD`` run by ``tools/train_net.py`` in its own process
 (``OUTPUT_DIR = <out>/<variant>/seed<k>``; a run with a ``metrics.json`` is reused, so an
