@@ -47,7 +47,7 @@ PLOT = REPO / "benchmarks" / "digits_ood_fpr95.png"
 BEGIN, END = "<!-- digits_ood:begin -->", "<!-- digits_ood:end -->"
 NEAR, FAR, SHIFT = "digits_ood_ood", "digits_ood_far", "digits_ood_shift"
 #: ``--split val``: the validation OOD splits (for choosing hyper-parameters; no shift split there)
-VAL_NEAR, VAL_FAR = "digits_ood_val_ood", "digits_ood_val_far"
+VAL_ID, VAL_NEAR, VAL_FAR = "digits_ood_val", "digits_ood_val_ood", "digits_ood_val_far"
 BASELINES = ("softmax", "energy")
 
 #: variant -> (config, label, score override or None, trained run it reuses or None)
@@ -61,19 +61,20 @@ VARIANTS: Dict[str, Tuple[str, str, Optional[str], Optional[str]]] = {
     "vos": ("vos.yaml", "VOS (virtual outliers, energy)", None, None),
     "greg": ("greg.yaml", "GReg+ (energy)", None, None),
 }
-#: ablations (configs/Digits-OOD/ablations/): selectable with --variants, not run by default
-ABLATIONS: Dict[str, Tuple[str, str, Optional[str], Optional[str]]] = {
-    "vos_plus_energy": ("ablations/vos_plus_energy.yaml", "VOS + energy margin", None, None),
-    "vos_energy_only": ("ablations/vos_energy_only.yaml", "VOS, energy margin only", None, None),
-    "greg_no_sampling": ("ablations/greg_no_sampling.yaml", "GReg (no GReg+ sampling)", None, None),
-    "greg_no_grad": ("ablations/greg_no_grad.yaml", "GReg+ without gradient penalty", None, None),
-    "dismax_t1": ("ablations/dismax_t1.yaml", "DisMax, MMLES at T = 1", None, None),
-    "dismax_no_fpr": ("ablations/dismax_no_fpr.yaml", "DisMax without FPR", None, None),
-    "cfl_no_hinge": ("ablations/cfl_no_hinge.yaml", "CFL without outlier terms", None, None),
-    "cfl_weak_outliers": ("ablations/cfl_weak_outliers.yaml", "CFL, outlier terms x 0.1", None, None),
-    "greg_energy_01": ("ablations/greg_energy_01.yaml", "GReg+, energy margin 0.1 (authors')", None, None),
-    "vos_half": ("ablations/vos_half.yaml", "VOS, outliers from half-way", None, None),
+#: ablations, ``configs/Digits-OOD/ablations/<name>.yaml``: selectable with --variants, not run by default
+ABLATION_LABELS: Dict[str, str] = {
+    "vos_plus_energy": "VOS + energy margin",
+    "vos_energy_only": "VOS, energy margin only",
+    "vos_half": "VOS, outliers from half-way",
+    "greg_no_sampling": "GReg (no GReg+ sampling)",
+    "greg_no_grad": "GReg+ without gradient penalty",
+    "greg_energy_01": "GReg+, energy margin 0.1 (authors')",
+    "dismax_t1": "DisMax, MMLES at T = 1",
+    "dismax_no_fpr": "DisMax without FPR",
+    "cfl_no_hinge": "CFL without outlier terms",
+    "cfl_weak_outliers": "CFL, outlier terms x 0.1",
 }
+ABLATIONS = {name: (f"ablations/{name}.yaml", label, None, None) for name, label in ABLATION_LABELS.items()}
 DEFAULT_VARIANTS = list(VARIANTS)
 VARIANTS.update(ABLATIONS)
 METRICS = ("map50", "near_fpr95", "near_auroc", "far_fpr95", "far_auroc", "shift_flagged")
@@ -244,14 +245,17 @@ def main(argv=None) -> int:
                    help="default output/benchmarks/digits_ood (digits_ood_val with --split val)")
     p.add_argument("--force", action="store_true", help="retrain runs that already have metrics.json")
     p.add_argument("--no-readme", action="store_true")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides passed to every run")
+    p.add_argument("opts", nargs=argparse.REMAINDER,
+                   help="config overrides passed to every run (after --variants, separate them with --)")
     a = p.parse_args(argv)
+    if a.opts[:1] == ["--"]:  # argparse keeps the separator in a REMAINDER
+        a.opts = a.opts[1:]
     val = a.split == "val"
     out = Path(a.out or REPO / "output" / "benchmarks" / ("digits_ood_val" if val else "digits_ood"))
     near, far = (VAL_NEAR, VAL_FAR) if val else (NEAR, FAR)
     # --split val: every number from validation data (ID val for mAP and the ID boxes, the
     # validation OOD splits), nothing from a test split
-    run_opts = list(a.opts) + (["DATASETS.TEST", '("digits_ood_val",)',
+    run_opts = list(a.opts) + (["DATASETS.TEST", f'("{VAL_ID}",)',
                                 "DATASETS.OOD_TEST", f'("{VAL_NEAR}", "{VAL_FAR}")',
                                 "DATASETS.SHIFT_TEST", "()"] if val else [])
     out.mkdir(parents=True, exist_ok=True)
