@@ -71,8 +71,14 @@ ABLATION_LABELS: Dict[str, str] = {
     "greg_energy_01": "GReg+, energy margin 0.1 (authors')",
     "dismax_t1": "DisMax, MMLES at T = 1",
     "dismax_no_fpr": "DisMax without FPR",
-    "cfl_no_hinge": "CFL without outlier terms",
-    "cfl_weak_outliers": "CFL, outlier terms x 0.1",
+    "cfl_distance": "CFL, distance classifier (head defaults)",
+    "cfl_distance_small": "CFL, distance classifier, unit-norm centres",
+    "cfl_std1": "CFL, centres N(0, 1)",
+    "cfl_no_outliers": "CFL without the outlier margin",
+    "cfl_no_hinge": "CFL (distance) without outlier terms",
+    "cfl_weak_outliers": "CFL (distance), outlier terms x 0.1",
+    "isomaxplus_small": "IsoMax+, unit-norm prototypes",
+    "dismax_small": "DisMax, unit-norm prototypes",
 }
 ABLATIONS = {name: (f"ablations/{name}.yaml", label, None, None) for name, label in ABLATION_LABELS.items()}
 DEFAULT_VARIANTS = list(VARIANTS)
@@ -193,11 +199,14 @@ def plot(agg: Dict[str, dict], path: Path) -> Path:
 
 
 # -------------------------------------------------------------------------------------- runs
-def run_one(variant: str, seed: int, out: Path, opts: Sequence[str], threads: int, force: bool) -> dict:
+def run_one(variant: str, seed: int, out: Path, opts: Sequence[str], threads: int, force: bool) -> Tuple[dict, bool]:
+    """Train and evaluate one run (or reuse its ``metrics.json``): ``(metrics, trained now)``;
+    ``({}, True)`` when the run failed."""
     cfg_file = VARIANTS[variant][0]
     run_dir = out / variant / f"seed{seed}"
     metrics_file = run_dir / "metrics.json"
-    if metrics_file.is_file() and not force:
+    trained = not (metrics_file.is_file() and not force)
+    if not trained:
         print(f"[{variant} seed {seed}] reusing {metrics_file}", flush=True)
     else:
         cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config", str(CONFIGS / cfg_file),
@@ -212,11 +221,21 @@ def run_one(variant: str, seed: int, out: Path, opts: Sequence[str], threads: in
         if rc != 0:
             print(f"[{variant} seed {seed}] FAILED (exit {rc}) after {wall:.0f} s: see {run_dir / 'stdout.txt'}",
                   flush=True)
-            return {}
+            return {}, True
         (run_dir / "wall_seconds.txt").write_text(f"{wall:.1f}\n")
         print(f"[{variant} seed {seed}] done in {wall:.0f} s", flush=True)
     with open(metrics_file, encoding="utf-8") as f:
-        return json.load(f)
+        return json.load(f), trained
+
+
+def recorded_run_seconds(out: Path, jobs: Sequence[Tuple[str, int]]) -> float:
+    """Sum of the ``wall_seconds.txt`` every run wrote when it was trained (0 where missing)."""
+    total = 0.0
+    for variant, seed in jobs:
+        path = out / variant / f"seed{seed}" / "wall_seconds.txt"
+        if path.is_file():
+            total += float(path.read_text(encoding="utf-8").strip() or 0)
+    return total
 
 
 def write_readme(section: str) -> None:
@@ -270,8 +289,11 @@ def main(argv=None) -> int:
                         "ensure_digits_ood(default_root())"], check=True, cwd=str(REPO))
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
         futures = {job: pool.submit(run_one, *job, out, run_opts, threads or 2, a.force) for job in jobs}
-        metrics = {job: f.result() for job, f in futures.items()}
+        results = {job: f.result() for job, f in futures.items()}
     wall = time.perf_counter() - t0
+    metrics = {job: r[0] for job, r in results.items()}
+    n_trained = sum(1 for r in results.values() if r[1])
+    run_seconds = recorded_run_seconds(out, jobs)
 
     per_seed, scores = {}, {}
     failed = [f"{v} seed {s}" for (v, s), m in metrics.items() if not m]
@@ -303,8 +325,11 @@ def main(argv=None) -> int:
 
 {cmd}
 
-Produced by the command above ({len(jobs)} training runs, {wall / 60:.0f} min of wall time on the 2 cores,
-{a.jobs} job(s) side by side). Torchvision backend, `configs/Digits-OOD/<variant>.yaml`. Near-OOD:
+Produced by the command above: {len(jobs)} training runs, {n_trained} of them trained by this
+invocation in {wall / 60:.0f} min, the others reused from earlier ones (a run is retrained when its
+`metrics.json` is missing, or with `--force`). The recorded times of all {len(jobs)} runs add up to
+{run_seconds / 60:.0f} min, about {run_seconds / 60 / max(1, a.jobs):.0f} min of wall time from scratch on the 2 cores with {a.jobs} job(s) side by
+side. Torchvision backend, `configs/Digits-OOD/<variant>.yaml`. Near-OOD:
 unknown digits; far-OOD: patches of photographs; shift: known digits under contrast / noise / blur
 changes, share of their boxes flagged unknown at the stored threshold (they should stay ID). VOS
 protocol: boxes above the F1-optimal box confidence of ID val; FPR95 at the recall closest to 95%

@@ -130,6 +130,21 @@ def normalized_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return _safe_sqrt(_NormalizedSquaredDistances.apply(x.float(), y.float()))
 
 
+def init_prototypes(prototypes: torch.Tensor, std: float, who: str) -> None:
+    """Fill ``prototypes`` ``[K + 1, D]`` in place with N(0, std²) (the papers: std = 1).
+
+    Only the direction of a prototype enters a normalised distance, and the gradient of a
+    normalised distance with respect to ``p`` scales as ``1 / ||p||``: a prototype of norm ``r``
+    turns about ``r²`` times slower under SGD than a unit one. At std = 1 and D = 256 (norm ≈ 16)
+    the prototypes of a short detection schedule barely leave their random initial directions;
+    std = 1/sqrt(D) starts them at about unit norm.
+    """
+    if not std > 0:
+        raise ValueError(f"{who}: prototype init std must be > 0, got {std}")
+    with torch.no_grad():
+        torch.nn.init.normal_(prototypes, mean=0.0, std=float(std))
+
+
 def zero_loss(*tensors: torch.Tensor) -> torch.Tensor:
     """A float32 scalar 0 that still backpropagates (zeros) into every tensor given (R = 0 batches)."""
     total = None

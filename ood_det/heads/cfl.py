@@ -49,6 +49,27 @@ authors':
 
 Box confidence = ``softmax(logits)`` over all K + 1 columns (the scale ``|s|`` is learned with
 the focal loss, so no extra entropic scale is applied).
+
+**Two classifiers** (``classifier``, config ``CFL.CLASSIFIER``). ``distance`` (default, above):
+the logits *are* the scaled centre distances, so the energy and the representation score are two
+readings of one set of distances. ``linear``: the detector keeps its linear classifier
+``W z + b`` (``[K + 1, D]``, detectron2's initialisation) and the centres are a representation
+branch beside it -- the other reading of the abstract, whose "energy score" is Liu et al.'s
+energy of the classifier logits::
+
+    loss_cls         = CE(W z + b, y)
+    loss_cfl_cluster = w_C * mean_ROIs (1 - q_y)^γ (-log q_y),   q = softmax(-|s| d(z))   (CFL)
+    E                = -logsumexp_{j<K} (W z + b)_j       (energy hinge on the linear logits)
+    S_R              = -min_{j<K} d_j(z)                  (needs the features at scoring time)
+
+The cluster term trains the centres, the scale and the features (ID ROIs are pulled towards
+their centre); ``mds`` is ``-|s| min_{j<K} d_j``. On DigitsOOD the ``linear`` classifier with
+small centres beats the ``distance`` one (benchmarks/README.md, "Diagnosis").
+
+**Centre initialisation** (``centre_init_std``): only a centre's direction enters a cosine
+distance, and the gradient scales as ``1 / ||c||``; N(0, 1) centres in D = 256 (norm ≈ 16) barely
+turn in a 1000-iteration schedule (measured: the trained centres' norms equalled their initial
+ones to 4 digits), N(0, 1/D) ones start at unit norm and learn (see ``init_prototypes``).
 """
 from __future__ import annotations
 
@@ -60,8 +81,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import register_head
-from ._utils import check_features, check_labels, normalized_distances, zero_loss
+from ._utils import (
+    check_features,
+    check_labels,
+    init_prototypes,
+    normalized_distances,
+    zero_loss,
+)
 from .base import OODHead
+
+#: where the logits come from: the centres themselves, or a linear classifier beside them
+CLASSIFIERS = ("distance", "linear")
 
 
 @register_head
@@ -79,8 +109,13 @@ class CFLHead(OODHead):
         margin: outliers are pushed at least this normalised distance (in [0, 2]) from every
             foreground centre.
         margin_weight: w_M; 0 disables the margin term.
+        classifier: ``"distance"`` (logits = scaled centre distances) or ``"linear"`` (a linear
+            classifier gives the logits, the centres are a representation branch).
+        cluster_weight: w_C of the Cluster Focal Loss on the centre distances (``linear`` only).
+        centre_init_std: the centres start as N(0, std²); 1/sqrt(D) starts them at unit norm.
 
-    Parameters: ``centres`` ``[K + 1, D]`` ~ N(0, 1), ``distance_scale`` ``[1]`` = ``scale_init``.
+    Parameters: ``centres`` ``[K + 1, D]`` ~ N(0, std²), ``distance_scale`` ``[1]`` =
+    ``scale_init``; with ``classifier="linear"`` also ``cls_score`` (``nn.Linear(D, K + 1)``).
     Buffers: ``score_mean`` ``[2]`` (μ_E, μ_R), ``score_std`` ``[2]`` (σ_E, σ_R),
     ``score_fitted`` (bool scalar).
     """
@@ -100,8 +135,17 @@ class CFLHead(OODHead):
         m_out: float = 12.0,
         margin: float = 1.0,
         margin_weight: float = 0.1,
+        classifier: str = "distance",
+        cluster_weight: float = 1.0,
+        centre_init_std: float = 1.0,
     ):
         super().__init__(in_features, num_classes)
+        if classifier not in CLASSIFIERS:
+            raise ValueError(
+                f"CFLHead: classifier must be one of {', '.join(CLASSIFIERS)}, got {classifier!r}"
+            )
+        if cluster_weight < 0:
+            raise ValueError(f"CFLHead: need cluster_weight >= 0, got {cluster_weight}")
         if scale_init <= 0 or gamma < 0 or energy_weight < 0 or margin_weight < 0:
             raise ValueError(
                 "CFLHead: need scale_init > 0 and gamma, energy_weight, margin_weight >= 0; got "
@@ -114,8 +158,15 @@ class CFLHead(OODHead):
         self.m_out = float(m_out)
         self.margin = float(margin)
         self.margin_weight = float(margin_weight)
+        self.classifier = classifier
+        self.cluster_weight = float(cluster_weight)
+        if classifier == "linear":
+            # detectron2's cls_score initialisation, as the softmax head
+            self.cls_score = nn.Linear(in_features, num_classes + 1)
+            nn.init.normal_(self.cls_score.weight, std=0.01)
+            nn.init.constant_(self.cls_score.bias, 0.0)
         self.centres = nn.Parameter(torch.empty(num_classes + 1, in_features))
-        nn.init.normal_(self.centres, mean=0.0, std=1.0)
+        init_prototypes(self.centres, centre_init_std, "CFLHead")
         self.distance_scale = nn.Parameter(torch.full((1,), float(scale_init)))
         self.register_buffer("score_mean", torch.zeros(2))
         self.register_buffer("score_std", torch.ones(2))
@@ -133,6 +184,12 @@ class CFLHead(OODHead):
         c.M_OUT = 12.0
         c.MARGIN = 1.0
         c.MARGIN_WEIGHT = 0.1
+        # "distance": the logits are the scaled distances to the cluster centres; "linear": a
+        # linear classifier gives the logits (and the energy), the centres a separate
+        # representation branch trained by the Cluster Focal Loss (see the module doc)
+        c.CLASSIFIER = "distance"
+        c.CLUSTER_WEIGHT = 1.0
+        c.CENTRE_INIT_STD = 1.0
 
     @classmethod
     def from_config(cls, cfg, in_features: int) -> dict:
@@ -146,6 +203,9 @@ class CFLHead(OODHead):
             m_out=c.M_OUT,
             margin=c.MARGIN,
             margin_weight=c.MARGIN_WEIGHT,
+            classifier=c.CLASSIFIER,
+            cluster_weight=c.CLUSTER_WEIGHT,
+            centre_init_std=c.CENTRE_INIT_STD,
         )
         return kw
 
@@ -155,13 +215,26 @@ class CFLHead(OODHead):
         check_features(features, self.in_features, "CFLHead.distances")
         return normalized_distances(features, self.centres)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """``[R, D]`` -> ``[R, K + 1]`` float32 logits ``-|s| d_j``."""
+    def cluster_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """``[R, D]`` -> ``[R, K + 1]`` float32 distance logits ``-|s| d_j``."""
         return -self.distance_scale.float().abs() * self.distances(features)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``[R, D]`` -> ``[R, K + 1]`` logits: :meth:`cluster_logits` (``distance``) or the linear
+        classifier's ``W z + b`` (``linear``)."""
+        if self.classifier == "linear":
+            check_features(features, self.in_features, "CFLHead.forward")
+            return self.cls_score(features.to(self.cls_score.weight.dtype))
+        return self.cluster_logits(features)
 
     def energy(self, logits: torch.Tensor) -> torch.Tensor:
         """``[R, K + 1]`` -> ``[R]`` foreground energy ``E = -logsumexp_{j<K} logit_j`` (low = ID)."""
         return -torch.logsumexp(logits[:, : self.num_classes].float(), dim=1)
+
+    def _focal(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cluster Focal Loss ``mean (1 - p_y)^γ (-log p_y)`` over the rows of ``logits``."""
+        logp_y = torch.log_softmax(logits.float(), dim=1).gather(1, labels.long()[:, None]).squeeze(1)
+        return ((1.0 - logp_y.exp()).clamp_min(1e-12).pow(self.gamma) * (-logp_y)).mean()
 
     def loss(
         self,
@@ -170,56 +243,79 @@ class CFLHead(OODHead):
         features: Optional[torch.Tensor] = None,
         outlier_features: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
-        """``{"loss_cls", "loss_cfl_energy", "loss_cfl_margin"}``, already weighted (see module doc).
+        """``{"loss_cls", "loss_cfl_energy", "loss_cfl_margin"}`` (+ ``"loss_cfl_cluster"`` for the
+        ``linear`` classifier), already weighted (see module doc).
 
         ``outlier_features`` ``[N, D]`` (e.g. VOS virtual outliers) switch on the energy hinge and
-        the margin term; without them both are differentiable zeros (same keys).
+        the margin term; without them both are differentiable zeros (same keys). The ``linear``
+        classifier needs ``features`` (the rows ``logits`` came from) for its cluster term.
         """
         check_labels(logits, labels, self.num_classes, "CFLHead.loss")
         logits = logits.float()
         zero = zero_loss(logits)
-        # Cluster Focal Loss
-        if logits.shape[0]:
-            logp_y = torch.log_softmax(logits, dim=1).gather(1, labels.long()[:, None]).squeeze(1)
-            focal = (1.0 - logp_y.exp()).clamp_min(1e-12).pow(self.gamma) * (-logp_y)
-            loss_cls = focal.mean()
+        losses = {}
+        if self.classifier == "linear":
+            if features is None:
+                raise ValueError("CFLHead.loss: the linear classifier needs the ROI features")
+            losses["loss_cls"] = F.cross_entropy(logits, labels.long()) if logits.shape[0] else zero
+            losses["loss_cfl_cluster"] = (
+                self.cluster_weight * self._focal(self.cluster_logits(features), labels)
+                if logits.shape[0]
+                else zero_loss(logits, self.centres, self.distance_scale)
+            )
+            energy_logits = logits
         else:
-            loss_cls = zero
+            losses["loss_cls"] = self._focal(logits, labels) if logits.shape[0] else zero
+            # the scale is detached in the outlier terms (same values, no gradient into s):
+            # otherwise the hinges are met by shrinking or growing |s| instead of moving features
+            scale = self.distance_scale.float().abs()
+            energy_logits = logits * (scale.detach() / scale.clamp_min(1e-12))
         # energy hinge (only with outliers, as Liu et al.'s energy-margin loss): ID foreground ROIs
         # below m_in, outliers above m_out; and outliers beyond `margin` from every foreground
-        # centre. The scale is detached in these terms (same values, no gradient into s):
-        # otherwise the hinges are met by shrinking or growing |s| instead of moving features.
+        # centre.
         l_energy = zero
         l_margin = zero
         if outlier_features is not None and outlier_features.shape[0] > 0:
-            scale = self.distance_scale.float().abs()
-            fixed_scale = logits * (scale.detach() / scale.clamp_min(1e-12))
             fg = labels < self.num_classes
-            e_in = self.energy(fixed_scale[fg])
+            e_in = self.energy(energy_logits[fg])
             l_in = F.relu(e_in - self.m_in).square().sum() / fg.sum().clamp_min(1)
             d_out = self.distances(outlier_features)
-            e_out = self.energy(-scale.detach() * d_out)
+            if self.classifier == "linear":
+                e_out = self.energy(self(outlier_features).float())
+            else:
+                e_out = self.energy(-self.distance_scale.float().abs().detach() * d_out)
             l_energy = l_in + F.relu(self.m_out - e_out).square().mean()
             d_min = d_out[:, : self.num_classes].min(dim=1).values
             l_margin = F.relu(self.margin - d_min).square().mean()
-        return {
-            "loss_cls": loss_cls,
-            "loss_cfl_energy": self.energy_weight * l_energy + zero,
-            "loss_cfl_margin": self.margin_weight * l_margin + zero,
-        }
+        losses["loss_cfl_energy"] = self.energy_weight * l_energy + zero
+        losses["loss_cfl_margin"] = self.margin_weight * l_margin + zero
+        return losses
 
     # ------------------------------------------------------------------ scores
-    def score_components(self, logits: torch.Tensor) -> torch.Tensor:
-        """``[R, K + 1]`` -> ``[R, 2]``: energy score ``S_E = logsumexp_{j<K} logit_j`` and
-        representation score ``S_R = -min_{j<K} d_j = max_{j<K} logit_j / |s|``."""
+    def score_components(
+        self, logits: torch.Tensor, features: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``[R, K + 1]`` (+ ``[R, D]``) -> ``[R, 2]``: energy score ``S_E = logsumexp_{j<K}
+        logit_j`` and representation score ``S_R = -min_{j<K} d_j``.
+
+        With the ``distance`` classifier ``S_R = max_{j<K} logit_j / |s|`` comes from the logits
+        (``features`` unused); the ``linear`` classifier needs ``features``.
+        """
         fg = logits[:, : self.num_classes].float()
         s_e = torch.logsumexp(fg, dim=1)
-        s_r = fg.max(dim=1).values / self.distance_scale.float().abs().clamp_min(1e-12)
+        if self.classifier == "linear":
+            if features is None:
+                raise ValueError(
+                    "CFLHead: the linear classifier's representation score needs the ROI features"
+                )
+            s_r = -self.distances(features)[:, : self.num_classes].min(dim=1).values
+        else:
+            s_r = fg.max(dim=1).values / self.distance_scale.float().abs().clamp_min(1e-12)
         return torch.stack([s_e, s_r], dim=1)
 
-    def cfl_score(self, logits: torch.Tensor) -> torch.Tensor:
-        """``[R, K + 1]`` -> ``[R]`` the ``cfl`` score (higher = ID)."""
-        comps = self.score_components(logits)
+    def cfl_score(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[R, K + 1]`` (+ ``[R, D]``) -> ``[R]`` the ``cfl`` score (higher = ID)."""
+        comps = self.score_components(logits, features)
         return ((comps - self.score_mean) / self.score_std).sum(dim=1)
 
     def ood_score(
@@ -229,13 +325,16 @@ class CFLHead(OODHead):
         score: Optional[str] = None,
     ) -> torch.Tensor:
         score = score or self.default_score
-        if score == "cfl":
+        if score in ("cfl", "mds"):
             if logits.dim() != 2 or logits.shape[1] != self.num_classes + 1:
                 raise ValueError(
                     f"CFLHead.ood_score: expected logits [R, {self.num_classes + 1}], got "
                     f"{tuple(logits.shape)}"
                 )
-            return self.cfl_score(logits)
+            if score == "cfl":
+                return self.cfl_score(logits, features)
+            if self.classifier == "linear":  # minimum distance to a foreground centre, scaled
+                return self.score_components(logits, features)[:, 1] * self.distance_scale.float().abs()
         return super().ood_score(logits, features=features, score=score)
 
     @torch.no_grad()
@@ -248,6 +347,7 @@ class CFLHead(OODHead):
         """Fit the ``cfl`` score's standardisation on ID validation foreground ROIs.
 
         Uses the rows with ``labels < K`` (all rows when ``labels`` is None); needs at least 2.
+        The ``linear`` classifier needs ``features`` ``[R, D]``.
         Returns ``{"mean_energy", "std_energy", "mean_repr", "std_repr", "num_rois"}``.
         """
         if logits.dim() != 2 or logits.shape[1] != self.num_classes + 1:
@@ -257,14 +357,16 @@ class CFLHead(OODHead):
             )
         if labels is not None:
             check_labels(logits, labels, self.num_classes, "CFLHead.post_fit")
-            logits = logits[labels < self.num_classes]
+            keep = labels < self.num_classes
+            logits = logits[keep]
+            features = features[keep] if features is not None else None
         if logits.shape[0] < 2:
             warnings.warn(
                 f"CFLHead.post_fit: {logits.shape[0]} ID foreground ROI(s), need >= 2; the cfl "
                 "score weights are left unchanged"
             )
             return {}
-        comps = self.score_components(logits).double()
+        comps = self.score_components(logits, features).double()
         mean = comps.mean(dim=0)
         std = comps.std(dim=0, unbiased=False)
         std = torch.where(std > 1e-12, std, torch.ones_like(std))
@@ -280,4 +382,7 @@ class CFLHead(OODHead):
         }
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", gamma={self.gamma}, m_in={self.m_in}, m_out={self.m_out}"
+        return (
+            super().extra_repr()
+            + f", classifier={self.classifier}, gamma={self.gamma}, m_in={self.m_in}, m_out={self.m_out}"
+        )

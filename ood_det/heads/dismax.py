@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from .registry import register_head
-from ._utils import check_features, check_labels, normalized_distances
+from ._utils import check_features, check_labels, init_prototypes, normalized_distances
 from .base import EntropicScaleHead
 
 
@@ -58,8 +58,10 @@ class DisMaxHead(EntropicScaleHead):
         calibrate: whether :meth:`post_fit` fits the temperature.
         temperature_bounds: bounds of the fitted temperature.
         n_bins: ECE bins used for calibration.
+        prototype_init_std: the prototypes start as N(0, std²) (the paper: 1; 1/sqrt(D) starts
+            them at unit norm, see ``init_prototypes``).
 
-    Parameters: ``prototypes`` ``[K + 1, D]`` ~ N(0, 1), ``distance_scale`` ``[1]`` = 1.
+    Parameters: ``prototypes`` ``[K + 1, D]`` ~ N(0, std²), ``distance_scale`` ``[1]`` = 1.
     Buffers: ``temperature`` (scalar, 1.0), ``calibrated`` (bool scalar, False).
     """
 
@@ -75,13 +77,14 @@ class DisMaxHead(EntropicScaleHead):
         calibrate: bool = True,
         temperature_bounds: Tuple[float, float] = (1e-3, 100.0),
         n_bins: int = 15,
+        prototype_init_std: float = 1.0,
     ):
         super().__init__(in_features, num_classes, entropic_scale)
         self.calibrate = bool(calibrate)
         self.temperature_bounds = (float(temperature_bounds[0]), float(temperature_bounds[1]))
         self.n_bins = int(n_bins)
         self.prototypes = nn.Parameter(torch.empty(num_classes + 1, in_features))
-        nn.init.normal_(self.prototypes, mean=0.0, std=1.0)
+        init_prototypes(self.prototypes, prototype_init_std, type(self).__name__)
         self.distance_scale = nn.Parameter(torch.ones(1))
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
@@ -93,6 +96,7 @@ class DisMaxHead(EntropicScaleHead):
         # fit the temperature on ID validation ROIs after training (post_fit)
         ood_cfg.DISMAX.CALIBRATE = True
         ood_cfg.DISMAX.TEMPERATURE_BOUNDS = (1e-3, 100.0)
+        ood_cfg.DISMAX.PROTOTYPE_INIT_STD = 1.0
 
     @classmethod
     def from_config(cls, cfg, in_features: int) -> dict:
@@ -102,6 +106,7 @@ class DisMaxHead(EntropicScaleHead):
             entropic_scale=c.ENTROPIC_SCALE,
             calibrate=c.CALIBRATE,
             temperature_bounds=tuple(c.TEMPERATURE_BOUNDS),
+            prototype_init_std=c.PROTOTYPE_INIT_STD,
         )
         return kw
 

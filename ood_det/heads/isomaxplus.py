@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .registry import register_head
-from ._utils import check_features, normalized_distances
+from ._utils import check_features, init_prototypes, normalized_distances
 from .base import EntropicScaleHead
 
 
@@ -34,29 +34,39 @@ class IsoMaxPlusHead(EntropicScaleHead):
         in_features: D.
         num_classes: K (a K+1-th prototype is learned for background).
         entropic_scale: E_s of the loss and the box confidence.
+        prototype_init_std: the prototypes start as N(0, std²) (the paper: 1; 1/sqrt(D) starts
+            them at unit norm, see ``init_prototypes``).
 
-    Parameters: ``prototypes`` ``[K + 1, D]`` ~ N(0, 1); ``distance_scale`` ``[1]`` = 1.
+    Parameters: ``prototypes`` ``[K + 1, D]`` ~ N(0, std²); ``distance_scale`` ``[1]`` = 1.
     """
 
     name = "isomaxplus"
     default_score = "mds"
     supported_scores = ("mds", "msp", "max_logit", "energy", "entropic")
 
-    def __init__(self, in_features: int, num_classes: int, entropic_scale: float = 10.0):
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        entropic_scale: float = 10.0,
+        prototype_init_std: float = 1.0,
+    ):
         super().__init__(in_features, num_classes, entropic_scale)
         self.prototypes = nn.Parameter(torch.empty(num_classes + 1, in_features))
-        nn.init.normal_(self.prototypes, mean=0.0, std=1.0)
+        init_prototypes(self.prototypes, prototype_init_std, type(self).__name__)
         self.distance_scale = nn.Parameter(torch.ones(1))
 
     @classmethod
     def add_config(cls, ood_cfg) -> None:
         ood_cfg.ISOMAXPLUS = type(ood_cfg)()
         ood_cfg.ISOMAXPLUS.ENTROPIC_SCALE = 10.0
+        ood_cfg.ISOMAXPLUS.PROTOTYPE_INIT_STD = 1.0
 
     @classmethod
     def from_config(cls, cfg, in_features: int) -> dict:
         kw = super().from_config(cfg, in_features)
         kw["entropic_scale"] = cfg.MODEL.OOD.ISOMAXPLUS.ENTROPIC_SCALE
+        kw["prototype_init_std"] = cfg.MODEL.OOD.ISOMAXPLUS.PROTOTYPE_INIT_STD
         return kw
 
     def distances(self, features: torch.Tensor) -> torch.Tensor:

@@ -65,9 +65,19 @@ def toy():
     return toy_problem()
 
 
+#: head variants the common tests run besides the registry names: name -> (head, keyword args)
+VARIANTS = {"cfl_linear": ("cfl", {"classifier": "linear"})}
+
+
+def variant(name):
+    """``(registry name, keyword args)`` of a head name or of a :data:`VARIANTS` entry."""
+    return VARIANTS.get(name, (name, {}))
+
+
 def fresh(name, **kw):
     torch.manual_seed(0)
-    return build_head(name, 16, 3, **kw)
+    head, extra = variant(name)
+    return build_head(head, 16, 3, **{**extra, **kw})
 
 
 @pytest.fixture

@@ -153,3 +153,96 @@ def test_energy_terms_do_not_train_the_scale():
     assert losses["loss_cfl_energy"].item() > 0
     assert abs(head.distance_scale.grad.item()) < 1e-5  # only the focal term moves s
     assert head.centres.grad.abs().sum() > 0 and z.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------- linear classifier
+def _linear(seed=0, **kw):
+    return _head(seed, classifier="linear", **kw)
+
+
+def test_linear_structure_logits_and_cluster_logits():
+    head = _linear()
+    assert head.cls_score.weight.shape == (4, 8) and head.centres.shape == (4, 8)
+    z = torch.randn(5, 8) * 4
+    torch.testing.assert_close(head(z), head.cls_score(z))
+    want = -10.0 * torch.cdist(F.normalize(z), F.normalize(head.centres.detach()))
+    torch.testing.assert_close(head.cluster_logits(z), want, atol=1e-4, rtol=1e-5)
+
+
+def test_linear_loss_against_formula():
+    head = _linear(gamma=2.0, cluster_weight=0.5)
+    z = torch.randn(6, 8, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3, 3, 0])
+    logits = head(z)
+    losses = head.loss(logits, y, features=z)
+    assert set(losses) == {"loss_cls", "loss_cfl_cluster", "loss_cfl_energy", "loss_cfl_margin"}
+    torch.testing.assert_close(losses["loss_cls"], F.cross_entropy(logits, y))
+    logp = torch.log_softmax(head.cluster_logits(z), 1)[torch.arange(6), y]
+    want = 0.5 * ((1 - logp.exp()) ** 2 * (-logp)).mean()
+    torch.testing.assert_close(losses["loss_cfl_cluster"], want)
+    # the cluster term trains the centres, the scale and the features (ID features pulled in)
+    losses["loss_cfl_cluster"].backward()
+    assert head.centres.grad.abs().sum() > 0 and head.distance_scale.grad.abs().sum() > 0
+    assert z.grad.abs().sum() > 0 and head.cls_score.weight.grad is None
+    with pytest.raises(ValueError, match="needs the ROI features"):
+        head.loss(logits, y)
+
+
+def test_linear_outlier_energy_uses_the_linear_logits():
+    head = _linear(energy_weight=0.3, m_in=100.0, m_out=5.0, margin=1.5, margin_weight=0.7)
+    z = torch.randn(4, 8)
+    o = torch.randn(6, 8) * 50
+    losses = head.loss(head(z), torch.tensor([0, 1, 2, 3]), features=z, outlier_features=o)
+    with torch.no_grad():
+        e_out = -torch.logsumexp(head.cls_score(o)[:, :3], 1)
+        d = torch.cdist(F.normalize(o), F.normalize(head.centres))
+    torch.testing.assert_close(losses["loss_cfl_energy"], 0.3 * F.relu(5.0 - e_out).square().mean())
+    torch.testing.assert_close(
+        losses["loss_cfl_margin"], 0.7 * F.relu(1.5 - d[:, :3].min(1).values).square().mean(),
+        atol=1e-5, rtol=1e-4,
+    )
+
+
+def test_linear_scores_need_features_and_post_fit_uses_them():
+    head = _linear()
+    z = torch.randn(30, 8)
+    y = torch.arange(30) % 4
+    logits = head(z).detach()
+    comps = head.score_components(logits, z).detach()
+    torch.testing.assert_close(comps[:, 0], torch.logsumexp(logits[:, :3], 1))
+    torch.testing.assert_close(comps[:, 1], -head.distances(z)[:, :3].min(1).values.detach())
+    torch.testing.assert_close(head.ood_score(logits, features=z, score="energy"), comps[:, 0])
+    torch.testing.assert_close(head.ood_score(logits, features=z, score="mds"), 10.0 * comps[:, 1])
+    with pytest.raises(ValueError, match="needs the ROI features"):
+        head.ood_score(logits)
+    fg = y < 3
+    head.post_fit(logits, y, z)
+    c = comps[fg].double()
+    np.testing.assert_allclose(head.score_mean.numpy(), c.mean(0).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(head.score_std.numpy(), c.std(0, unbiased=False).numpy(), rtol=1e-5)
+
+
+def test_linear_cfl_score_beats_energy_alone_on_the_toy(toy, train, auroc):
+    torch.manual_seed(0)
+    head = build_head("cfl", in_features=16, num_classes=3, classifier="linear", margin_weight=0.0)
+    x, y, ood = toy
+    train(head, x, y, steps=60)
+    with torch.no_grad():
+        head.post_fit(head(x), y, x)
+    value, _, _ = auroc(head, x, y, ood)
+    r_auc, _, _ = auroc(head, x, y, ood, score="mds")
+    e_auc, _, _ = auroc(head, x, y, ood, score="energy")
+    assert value > 0.95 and value >= max(e_auc, r_auc) - 0.02
+
+
+def test_classifier_is_checked_and_configurable():
+    with pytest.raises(ValueError, match="classifier must be one of distance, linear"):
+        _head(classifier="cosine")
+    from ood_det.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.OOD.CFL.CLASSIFIER = "linear"
+    cfg.MODEL.OOD.CFL.CLUSTER_WEIGHT = 0.25
+    kw = type(_head()).from_config(cfg, 8)
+    assert kw["classifier"] == "linear" and kw["cluster_weight"] == 0.25

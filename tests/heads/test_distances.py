@@ -66,3 +66,36 @@ def test_output_is_float32_for_half_inputs():
     for fn in (euclidean_distances, normalized_distances):
         assert fn(x * 300, y).dtype == torch.float32
         assert torch.isfinite(fn(x * 300, y)).all()
+
+
+@pytest.mark.parametrize("name,attr,kw", [
+    ("isomaxplus", "prototypes", "prototype_init_std"),
+    ("dismax", "prototypes", "prototype_init_std"),
+    ("cfl", "centres", "centre_init_std"),
+])
+def test_prototype_init_std_sets_the_norm_and_the_turning_speed(name, attr, kw):
+    """std = 1/sqrt(D) starts prototypes at unit norm; one SGD step then turns them about
+    ||p||² = D times more than at the papers' std = 1 (the gradient of a normalised distance
+    scales as 1 / ||p||)."""
+    import torch.nn.functional as F
+
+    from ood_det.heads import build_head
+
+    d = 256
+    angles = {}
+    for std in (1.0, d ** -0.5):
+        torch.manual_seed(0)
+        head = build_head(name, in_features=d, num_classes=3, **{kw: std})
+        p = getattr(head, attr)
+        norms = p.detach().norm(dim=1)
+        assert torch.allclose(norms, torch.full_like(norms, std * d ** 0.5), rtol=0.2)
+        before = F.normalize(p.detach().clone(), dim=1)
+        z = torch.rand(32, d)
+        losses = head.loss(head(z), torch.arange(32) % 4, features=z)
+        losses["loss_cls"].backward()
+        with torch.no_grad():
+            p -= 0.1 * p.grad
+        angles[std] = (F.normalize(p.detach(), dim=1) - before).norm(dim=1).mean().item()  # ~ angle
+    assert angles[d ** -0.5] > 50 * angles[1.0] > 0
+    with pytest.raises(ValueError, match="init std must be > 0"):
+        build_head(name, in_features=d, num_classes=3, **{kw: 0.0})

@@ -7,7 +7,9 @@ from fvcore.common.config import CfgNode as CN
 from ood_det.heads import HEADS, OODHead, build_head, build_head_from_cfg, get_head_class
 
 
-ALL = ["softmax", "isomax", "isomaxplus", "dismax", "cfl"]
+from .conftest import fresh, variant
+
+ALL = ["softmax", "isomax", "isomaxplus", "dismax", "cfl", "cfl_linear"]
 
 
 def _cfg(head="softmax", num_classes=3):
@@ -23,8 +25,8 @@ def _cfg(head="softmax", num_classes=3):
 
 
 def test_registry_has_all_five():
-    assert set(ALL) <= set(HEADS)
-    for name in ALL:
+    assert {variant(n)[0] for n in ALL} == set(HEADS)
+    for name in HEADS:
         head = build_head(name, in_features=8, num_classes=4)
         assert isinstance(head, OODHead) and head.name == name
         assert head.default_score in head.supported_scores
@@ -35,9 +37,14 @@ def test_registry_has_all_five():
 
 @pytest.mark.parametrize("name", ALL)
 def test_build_from_cfg(name):
+    name, kw = variant(name)
     cfg = _cfg(name, num_classes=6)
+    for key, value in kw.items():
+        setattr(getattr(cfg.MODEL.OOD, name.upper()), key.upper(), value)
     head = build_head_from_cfg(cfg, in_features=12)
     assert type(head) is HEADS[name] and head.num_classes == 6 and head.in_features == 12
+    for key, value in kw.items():
+        assert getattr(head, key) == value
 
 
 def test_from_config_reads_keys():
@@ -156,7 +163,7 @@ def test_state_dict_round_trip(name, make_head, toy, train):
     x, y, _ = toy
     train(head, x, y, steps=3)
     head.post_fit(head(x).detach(), y, x)
-    other = build_head(name, 16, 3)
+    other = fresh(name)
     other.load_state_dict(head.state_dict())
     with torch.no_grad():
         for s in head.supported_scores:
@@ -177,7 +184,7 @@ def test_bad_input_messages(name, make_head):
     with pytest.raises(ValueError, match="does not support score 'nope'"):
         head.ood_score(logits, score="nope")
     with pytest.raises(ValueError, match="must be positive"):
-        build_head(name, 0, 3)
+        build_head(variant(name)[0], 0, 3, **variant(name)[1])
 
 
 @pytest.mark.parametrize("name", ["softmax", "isomax"])
@@ -214,6 +221,6 @@ def test_under_autocast(name, make_head, toy):
         total = sum(head.loss(logits, y, features=x, outlier_features=ood).values())
     total.backward()
     assert torch.isfinite(total)
-    if name != "softmax":  # distances are computed with autocast off
+    if name not in ("softmax", "cfl_linear"):  # distance logits are computed with autocast off
         assert logits.dtype == torch.float32
         torch.testing.assert_close(logits, head(x * 100), rtol=1e-5, atol=1e-5)

@@ -24,6 +24,8 @@ HEADS = {
     "isomaxplus": ["MODEL.OOD.HEAD", "isomaxplus"],
     "dismax": ["MODEL.OOD.HEAD", "dismax", "MODEL.OOD.REGULARIZERS", "['fpr']"],
     "cfl": ["MODEL.OOD.HEAD", "cfl", *VOS_FAST],
+    "cfl_linear": ["MODEL.OOD.HEAD", "cfl", "MODEL.OOD.CFL.CLASSIFIER", "linear", "MODEL.OOD.CFL.MARGIN", "2.0",
+                   *VOS_FAST],
     "greg": ["MODEL.OOD.HEAD", "softmax", "MODEL.OOD.SCORE", "energy", "MODEL.OOD.REGULARIZERS", "['greg']",
              "MODEL.OOD.GREG.NUM_CLUSTERS", "2", "MODEL.OOD.VOS.NUM_SELECT", "4", *VOS_FAST],
 }
