@@ -64,7 +64,7 @@ energy of the classifier logits::
 
 The cluster term trains the centres, the scale and the features (ID ROIs are pulled towards
 their centre); ``mds`` is ``-|s| min_{j<K} d_j``. On DigitsOOD the ``linear`` classifier with
-small centres beats the ``distance`` one (benchmarks/README.md, "Diagnosis").
+small centres beats the ``distance`` one (benchmarks/README.md, "CFL, second round").
 
 **Centre initialisation** (``centre_init_std``): only a centre's direction enters a cosine
 distance, and the gradient scales as ``1 / ||c||``; N(0, 1) centres in D = 256 (norm ≈ 16) barely
