@@ -552,12 +552,16 @@ def test_real_sigint_mid_run(tmp_path, stub):
     stub["pred"] = Slow()
     vid = write_video(tmp_path / "long.avi", 150)
     out = tmp_path / "out"
+    # a process started in the background by a non-interactive shell inherits SIGINT ignored
+    # (and Python then keeps it ignored): install Python's own handler for this test
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.6, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     try:
         rc = run_main("--input", vid, "--output", out, "--batch-size", 2)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert rc == score_app.EXIT_INTERRUPTED
     recs = read_jsonl(out)
     assert 0 < len(recs) < 150
