@@ -76,3 +76,19 @@ def test_ablation_variants_are_opt_in_and_their_configs_change_their_parent():
         parent = load_config(str(parent_file))
         assert child.MODEL.OOD.HEAD == parent.MODEL.OOD.HEAD, name
         assert child.MODEL.OOD.dump() != parent.MODEL.OOD.dump(), f"{name} changes nothing in MODEL.OOD"
+
+
+def test_reused_runs_are_reported_and_timed(tmp_path):
+    """run_one reuses a run that has metrics.json (trained = False); the table's time from
+    scratch adds up the run times recorded when each run was trained."""
+    run = tmp_path / "softmax" / "seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text('{"x": 1}')
+    (run / "wall_seconds.txt").write_text("90.5\n")
+    other = tmp_path / "cfl" / "seed1"
+    other.mkdir(parents=True)
+    (other / "wall_seconds.txt").write_text("30\n")
+    metrics, trained = B.run_one("softmax", 0, tmp_path, [], 1, force=False)
+    assert metrics == {"x": 1} and trained is False
+    jobs = [("softmax", 0), ("cfl", 1), ("cfl", 2)]  # the last one has no record
+    assert B.recorded_run_seconds(tmp_path, jobs) == pytest.approx(120.5)
