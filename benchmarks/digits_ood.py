@@ -205,8 +205,8 @@ def run_one(variant: str, seed: int, out: Path, opts: Sequence[str], threads: in
     cfg_file = VARIANTS[variant][0]
     run_dir = out / variant / f"seed{seed}"
     metrics_file = run_dir / "metrics.json"
-    trained = not (metrics_file.is_file() and not force)
-    if not trained:
+    reuse = metrics_file.is_file() and not force
+    if reuse:
         print(f"[{variant} seed {seed}] reusing {metrics_file}", flush=True)
     else:
         cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config", str(CONFIGS / cfg_file),
@@ -225,7 +225,7 @@ def run_one(variant: str, seed: int, out: Path, opts: Sequence[str], threads: in
         (run_dir / "wall_seconds.txt").write_text(f"{wall:.1f}\n")
         print(f"[{variant} seed {seed}] done in {wall:.0f} s", flush=True)
     with open(metrics_file, encoding="utf-8") as f:
-        return json.load(f), trained
+        return json.load(f), not reuse
 
 
 def recorded_run_seconds(out: Path, jobs: Sequence[Tuple[str, int]]) -> float:

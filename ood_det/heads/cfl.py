@@ -84,6 +84,7 @@ from .registry import register_head
 from ._utils import (
     check_features,
     check_labels,
+    cross_entropy,
     init_prototypes,
     normalized_distances,
     zero_loss,
@@ -232,7 +233,10 @@ class CFLHead(OODHead):
         return -torch.logsumexp(logits[:, : self.num_classes].float(), dim=1)
 
     def _focal(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cluster Focal Loss ``mean (1 - p_y)^γ (-log p_y)`` over the rows of ``logits``."""
+        """Cluster Focal Loss ``mean (1 - p_y)^γ (-log p_y)`` over the rows of ``logits``; a
+        differentiable 0 for an empty batch."""
+        if logits.shape[0] == 0:
+            return zero_loss(logits)
         logp_y = torch.log_softmax(logits.float(), dim=1).gather(1, labels.long()[:, None]).squeeze(1)
         return ((1.0 - logp_y.exp()).clamp_min(1e-12).pow(self.gamma) * (-logp_y)).mean()
 
@@ -257,34 +261,32 @@ class CFLHead(OODHead):
         if self.classifier == "linear":
             if features is None:
                 raise ValueError("CFLHead.loss: the linear classifier needs the ROI features")
-            losses["loss_cls"] = F.cross_entropy(logits, labels.long()) if logits.shape[0] else zero
-            losses["loss_cfl_cluster"] = (
-                self.cluster_weight * self._focal(self.cluster_logits(features), labels)
-                if logits.shape[0]
-                else zero_loss(logits, self.centres, self.distance_scale)
+            losses["loss_cls"] = cross_entropy(logits, labels)
+            losses["loss_cfl_cluster"] = self.cluster_weight * self._focal(
+                self.cluster_logits(features), labels
             )
-            energy_logits = logits
         else:
-            losses["loss_cls"] = self._focal(logits, labels) if logits.shape[0] else zero
-            # the scale is detached in the outlier terms (same values, no gradient into s):
-            # otherwise the hinges are met by shrinking or growing |s| instead of moving features
-            scale = self.distance_scale.float().abs()
-            energy_logits = logits * (scale.detach() / scale.clamp_min(1e-12))
+            losses["loss_cls"] = self._focal(logits, labels)
         # energy hinge (only with outliers, as Liu et al.'s energy-margin loss): ID foreground ROIs
         # below m_in, outliers above m_out; and outliers beyond `margin` from every foreground
         # centre.
         l_energy = zero
         l_margin = zero
         if outlier_features is not None and outlier_features.shape[0] > 0:
-            fg = labels < self.num_classes
-            e_in = self.energy(energy_logits[fg])
-            l_in = F.relu(e_in - self.m_in).square().sum() / fg.sum().clamp_min(1)
             d_out = self.distances(outlier_features)
-            if self.classifier == "linear":
-                e_out = self.energy(self(outlier_features).float())
-            else:
-                e_out = self.energy(-self.distance_scale.float().abs().detach() * d_out)
-            l_energy = l_in + F.relu(self.m_out - e_out).square().mean()
+            if self.energy_weight > 0:
+                fg = labels < self.num_classes
+                if self.classifier == "linear":
+                    e_in = self.energy(logits[fg])
+                    e_out = self.energy(self(outlier_features).float())
+                else:
+                    # the scale is detached here (same values, no gradient into s): otherwise the
+                    # hinges are met by shrinking or growing |s| instead of moving features
+                    scale = self.distance_scale.float().abs()
+                    e_in = self.energy(logits[fg] * (scale.detach() / scale.clamp_min(1e-12)))
+                    e_out = self.energy(-scale.detach() * d_out)
+                l_in = F.relu(e_in - self.m_in).square().sum() / fg.sum().clamp_min(1)
+                l_energy = l_in + F.relu(self.m_out - e_out).square().mean()
             d_min = d_out[:, : self.num_classes].min(dim=1).values
             l_margin = F.relu(self.margin - d_min).square().mean()
         losses["loss_cfl_energy"] = self.energy_weight * l_energy + zero
@@ -292,26 +294,30 @@ class CFLHead(OODHead):
         return losses
 
     # ------------------------------------------------------------------ scores
-    def score_components(
+    def representation_score(
         self, logits: torch.Tensor, features: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        """``[R, K + 1]`` (+ ``[R, D]``) -> ``[R, 2]``: energy score ``S_E = logsumexp_{j<K}
-        logit_j`` and representation score ``S_R = -min_{j<K} d_j``.
+        """``[R, K + 1]`` (+ ``[R, D]``) -> ``[R]`` ``S_R = -min_{j<K} d_j``.
 
-        With the ``distance`` classifier ``S_R = max_{j<K} logit_j / |s|`` comes from the logits
-        (``features`` unused); the ``linear`` classifier needs ``features``.
+        With the ``distance`` classifier it comes from the logits (``max_{j<K} logit_j / |s|``,
+        ``features`` unused); the ``linear`` classifier needs ``features``.
         """
-        fg = logits[:, : self.num_classes].float()
-        s_e = torch.logsumexp(fg, dim=1)
         if self.classifier == "linear":
             if features is None:
                 raise ValueError(
                     "CFLHead: the linear classifier's representation score needs the ROI features"
                 )
-            s_r = -self.distances(features)[:, : self.num_classes].min(dim=1).values
-        else:
-            s_r = fg.max(dim=1).values / self.distance_scale.float().abs().clamp_min(1e-12)
-        return torch.stack([s_e, s_r], dim=1)
+            return -self.distances(features)[:, : self.num_classes].min(dim=1).values
+        fg = logits[:, : self.num_classes].float()
+        return fg.max(dim=1).values / self.distance_scale.float().abs().clamp_min(1e-12)
+
+    def score_components(
+        self, logits: torch.Tensor, features: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``[R, K + 1]`` (+ ``[R, D]``) -> ``[R, 2]``: energy score ``S_E = logsumexp_{j<K}
+        logit_j`` and :meth:`representation_score` ``S_R``."""
+        s_e = torch.logsumexp(logits[:, : self.num_classes].float(), dim=1)
+        return torch.stack([s_e, self.representation_score(logits, features)], dim=1)
 
     def cfl_score(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``[R, K + 1]`` (+ ``[R, D]``) -> ``[R]`` the ``cfl`` score (higher = ID)."""
@@ -334,7 +340,7 @@ class CFLHead(OODHead):
             if score == "cfl":
                 return self.cfl_score(logits, features)
             if self.classifier == "linear":  # minimum distance to a foreground centre, scaled
-                return self.score_components(logits, features)[:, 1] * self.distance_scale.float().abs()
+                return self.representation_score(logits, features) * self.distance_scale.float().abs()
         return super().ood_score(logits, features=features, score=score)
 
     @torch.no_grad()
